@@ -1,0 +1,31 @@
+"""avlens: mechanistic interpretability for audio-visual large language models.
+
+    import avlens
+    model = avlens.HookedAVTransformer.from_hf(hf_thinker)
+    batch = model.prepare(**processor_outputs)
+    logits, cache = model.run_with_cache(batch)
+    cache["blocks.3.hook_resid_post"]                 # [batch, pos, d_model]
+    model.run_with_hooks(batch, fwd_hooks=[("blocks.3.hook_resid_post.audio", fn)])
+"""
+
+from avlens.batch import AVBatch
+from avlens.config import AVConfig
+from avlens.families import HookedQwen2_5Omni
+from avlens.layout import PARTITION_GROUPS, BatchLayout, GroupPositions, TokenLayout
+from avlens.model import AttentionGroupSummary, GenerateOutput, HookedAVTransformer, KVCache
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AVBatch",
+    "AVConfig",
+    "AttentionGroupSummary",
+    "BatchLayout",
+    "GenerateOutput",
+    "GroupPositions",
+    "HookedAVTransformer",
+    "HookedQwen2_5Omni",
+    "KVCache",
+    "PARTITION_GROUPS",
+    "TokenLayout",
+]

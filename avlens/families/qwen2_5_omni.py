@@ -1,0 +1,635 @@
+"""Qwen2.5-Omni thinker (Xu et al. 2025, "Qwen2.5-Omni Technical Report").
+
+The thinker is a Qwen2 decoder (q/k/v bias, GQA, SwiGLU, RMSNorm) whose rotary embedding is
+TMRoPE: 3-D (temporal, height, width) position ids, frequencies split into contiguous blocks
+`mrope_section` (e.g. [16, 24, 24]). Audio tokens (25 per second) and video tokens are
+time-aligned: a video token at temporal grid g sits at t = s + floor(g * second_per_grid * 25),
+an audio token k at s + k. With `use_audio_in_video`, the video and its audio track are
+interleaved in 2-second chunks, `[video chunk][audio chunk]`, both starting at the same s.
+
+This module builds the layout and the 3-D positions from the token ids (replicating Hugging Face's
+`get_rope_index` exactly, including its rules for the ids after a media block), shares the HF
+weights, and reads only the thinker's tensors from a checkpoint. The audio and vision towers stay
+the Hugging Face modules, wrapped with hook points at their inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from typing import Any, Optional
+
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from avlens.batch import AVBatch
+from avlens.config import AVConfig
+from avlens.layout import BatchLayout
+from avlens.model.hooked import HookedAVTransformer
+from avlens.model.components import Rotary
+
+_IGNORED_PROCESSOR_KEYS = {"token_type_ids"}
+
+
+class HookedEncoder(nn.Module):
+    """A Hugging Face modality encoder with hook points at its input and output.
+
+    `hook_in` sees the encoder input (mel features `[n_audio, n_mels, frames]`, or flattened
+    patches `[n_patches, C * T * P * P]`), `hook_out` its projected output `[n_tokens, d_model]`.
+    """
+
+    def __init__(self, hf_module: nn.Module):
+        super().__init__()
+        self.hf = hf_module
+        self.hook_in = HookPoint()
+        self.hook_out = HookPoint()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+
+def _chunk_spans(values: list[int], per_chunk: int, offset: int) -> list[tuple[int, int]]:
+    """Split a non-decreasing list of temporal ids into chunks of `per_chunk` ids (relative to
+    `offset`): Hugging Face's `get_chunked_index`, whose chunk counter advances by one per
+    boundary crossed."""
+    spans, start, current = [], 0, 1
+    for i, v in enumerate(values):
+        if v - offset >= current * per_chunk:
+            spans.append((start, i))
+            start = i
+            current += 1
+    spans.append((start, len(values)))
+    return spans
+
+
+class _MediaCursor:
+    """Walks the media items of a batch in the order Hugging Face consumes them."""
+
+    def __init__(self, audio_lens, video_grids, video_spg, image_grids):
+        self.audio_lens = audio_lens  # tokens per audio item
+        self.video_grids = video_grids  # [n, 3] long
+        self.video_spg = video_spg  # [n] tensor (seconds per temporal grid)
+        self.image_grids = image_grids
+        self.audio = self.video = self.image = 0
+
+    def next(self, kind: str):
+        i = getattr(self, kind)
+        setattr(self, kind, i + 1)
+        store = {"audio": self.audio_lens, "video": self.video_grids, "image": self.image_grids}[kind]
+        if store is None or i >= len(store):
+            raise ValueError(
+                f"the prompt has more {kind} placeholder blocks than {kind} inputs "
+                f"({0 if store is None else len(store)} given): pass one {kind} per block."
+            )
+        return i
+
+
+class HookedQwen2_5Omni(HookedAVTransformer):
+    """Qwen2.5-Omni thinker with TMRoPE, audio/video/image towers and audio-in-video layouts."""
+
+    # ---------------------------------------------------------------------------------- config
+    @staticmethod
+    def config_from_hf(thinker_config, dtype: Optional[torch.dtype] = None, device: Optional[str] = None) -> AVConfig:
+        tc = thinker_config.text_config
+        rp = dict(getattr(tc, "rope_parameters", None) or {})
+        if rp.get("rope_type", "default") not in ("default", None):
+            raise NotImplementedError(f"rope_type {rp.get('rope_type')!r} is not supported; avlens implements the default TMRoPE")
+        if getattr(tc, "use_sliding_window", False):
+            raise NotImplementedError("use_sliding_window=True is not supported (Qwen2.5-Omni checkpoints do not use it)")
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        # Hugging Face silently falls back to [16, 24, 24] when mrope_section is absent; so do we,
+        # and AVConfig then says clearly if that does not fit the head dimension.
+        section = list(rp.get("mrope_section", [16, 24, 24]))
+        ids = {
+            "audio_token_id": thinker_config.audio_token_id,
+            "video_token_id": thinker_config.video_token_id,
+            "image_token_id": thinker_config.image_token_id,
+            "audio_start_token_id": thinker_config.audio_start_token_id,
+            "audio_end_token_id": thinker_config.audio_end_token_id,
+            "vision_start_token_id": getattr(thinker_config, "vision_start_token_id", None) or 151652,
+            "vision_end_token_id": getattr(thinker_config, "vision_end_token_id", None) or 151653,
+        }
+        pad = getattr(tc, "pad_token_id", None)
+        if pad is not None:
+            ids["pad_token_id"] = pad
+        return AVConfig(
+            d_model=tc.hidden_size,
+            d_head=head_dim,
+            n_layers=tc.num_hidden_layers,
+            n_ctx=tc.max_position_embeddings,
+            n_heads=tc.num_attention_heads,
+            n_key_value_heads=tc.num_key_value_heads,
+            d_mlp=tc.intermediate_size,
+            d_vocab=tc.vocab_size,
+            eps=tc.rms_norm_eps,
+            act_fn=tc.hidden_act,
+            rope_kind="mrope",
+            mrope_section=section,
+            rope_theta=float(rp.get("rope_theta", getattr(tc, "rope_theta", 1e6))),
+            qkv_bias=True,
+            dtype=dtype or torch.float32,
+            device=device,
+            model_family="HookedQwen2_5Omni",
+            original_architecture="Qwen2_5OmniThinkerForConditionalGeneration",
+            token_ids=ids,
+        )
+
+    # ---------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_hf(cls, hf_model, tokenizer: Any = None) -> "HookedQwen2_5Omni":
+        """Wrap a `Qwen2_5OmniThinkerForConditionalGeneration` (or the full
+        `Qwen2_5OmniForConditionalGeneration`, whose thinker is taken). The weights are shared
+        with the HF model, not copied."""
+        thinker = getattr(hf_model, "thinker", hf_model)
+        if type(thinker).__name__ != "Qwen2_5OmniThinkerForConditionalGeneration":
+            raise TypeError(f"expected a Qwen2.5-Omni thinker, got {type(thinker).__name__}")
+        p = next(thinker.parameters())
+        cfg = cls.config_from_hf(thinker.config, dtype=p.dtype, device=str(p.device))
+        cfg.tie_word_embeddings = False  # the lm_head module is shared as it is (tied or not)
+        with torch.device("meta"):
+            model = cls(cfg, tokenizer=tokenizer)
+        lm = thinker.model.language_model
+        model.embed.W_E = lm.embed_tokens.weight
+        for block, layer in zip(model.blocks, lm.layers):
+            a, h = block.attn, layer.self_attn
+            a.q_proj, a.k_proj, a.v_proj, a.o_proj = h.q_proj, h.k_proj, h.v_proj, h.o_proj
+            block.ln1.w, block.ln1.eps = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
+            block.ln2.w, block.ln2.eps = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+            m = layer.mlp
+            block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj = m.gate_proj, m.up_proj, m.down_proj
+        model.ln_final.w, model.ln_final.eps = lm.norm.weight, lm.norm.variance_epsilon
+        model.unembed.lm_head = thinker.lm_head
+        model.rotary = Rotary(cfg).to(p.device)
+        model.audio_tower = HookedEncoder(thinker.model.audio_tower)
+        model.visual = HookedEncoder(thinker.model.visual)
+        model.spatial_merge_size = thinker.model.spatial_merge_size
+        model.position_id_per_seconds = thinker.config.position_id_per_seconds
+        model.seconds_per_chunk = thinker.config.seconds_per_chunk
+        model.hf_config = thinker.config
+        model.setup()
+        model.eval()
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[str] = None,
+        allow_pickle: bool = False,
+        attn_implementation: str = "sdpa",
+        load_tokenizer: bool = True,
+    ) -> "HookedQwen2_5Omni":
+        """Load the thinker of a Qwen2.5-Omni checkpoint from a local folder or hub id.
+
+        Only the thinker's tensors are read (talker and token2wav tensors are skipped, shard by
+        shard), straight into the requested dtype: a 7B thinker loads without first building
+        the whole model in float32. Pickle (`.bin`) checkpoints load only with
+        `allow_pickle=True`, and then with `torch.load(weights_only=True)`.
+        """
+        from transformers import AutoConfig
+        from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerForConditionalGeneration
+
+        root = _resolve_checkpoint(path_or_id, allow_pickle)
+        config = AutoConfig.from_pretrained(root)
+        thinker_cfg = getattr(config, "thinker_config", config)
+        if getattr(thinker_cfg, "model_type", None) != "qwen2_5_omni_thinker":
+            raise ValueError(f"{path_or_id} is not a Qwen2.5-Omni checkpoint (model_type {config.model_type!r})")
+        if getattr(thinker_cfg, "vision_start_token_id", None) is None:
+            thinker_cfg.vision_start_token_id = 151652
+        state = _read_thinker_state(root, allow_pickle)
+        if dtype is None:
+            dtype = next(iter(state.values())).dtype
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        thinker_cfg._attn_implementation = attn_implementation
+        with _parameters_on_meta():
+            hf = Qwen2_5OmniThinkerForConditionalGeneration._from_config(thinker_cfg, dtype=dtype)
+        expected = set(hf.state_dict().keys())
+        tied = "lm_head.weight" not in state and getattr(thinker_cfg, "tie_word_embeddings", False)
+        missing = sorted(k for k in expected - set(state) if not (tied and k == "lm_head.weight"))
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} thinker tensors, e.g. {missing[:5]}")
+        unexpected = sorted(set(state) - expected)
+        if unexpected:
+            raise ValueError(f"the checkpoint has {len(unexpected)} unexpected thinker tensors, e.g. {unexpected[:5]}")
+        hf.load_state_dict(state, strict=False, assign=True)
+        if tied:
+            hf.lm_head.weight = hf.model.language_model.embed_tokens.weight
+        hf = hf.to(device or "cpu").eval()
+        tokenizer = None
+        if load_tokenizer:
+            tokenizer = _try_tokenizer(root)
+        return cls.from_hf(hf, tokenizer=tokenizer)
+
+    # ---------------------------------------------------------------------------------- inputs
+    def special_token_ids(self) -> set[int]:
+        t = self.cfg.token_ids
+        ids = {t[k] for k in ("audio_start_token_id", "audio_end_token_id", "vision_start_token_id", "vision_end_token_id")}
+        return ids | super().special_token_ids()
+
+    @torch.no_grad()
+    def encode_audio(self, input_features: Tensor, feature_attention_mask: Tensor) -> Tensor:
+        """Audio tower: mel features `[n, mels, frames]` -> `[n_tokens, d_model]` (valid frames
+        only, as Hugging Face does)."""
+        tower = self.audio_tower
+        input_features = tower.hook_in(input_features.to(tower.dtype))
+        lengths = feature_attention_mask.sum(1)
+        flat = input_features.permute(0, 2, 1)[feature_attention_mask.bool()].permute(1, 0)
+        after_cnn, out_lens = tower.hf._get_feat_extract_output_lengths(lengths)
+        out = tower.hf(flat, feature_lens=lengths, aftercnn_lens=after_cnn).last_hidden_state
+        if out.shape[0] != int(out_lens.sum()):
+            raise RuntimeError(f"audio tower gave {out.shape[0]} tokens, expected {int(out_lens.sum())}")
+        return tower.hook_out(out)
+
+    @torch.no_grad()
+    def encode_visual(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
+        """Vision tower: flattened patches + grids -> merged tokens `[n_tokens, d_model]`."""
+        tower = self.visual
+        pixel_values = tower.hook_in(pixel_values.to(tower.dtype))
+        out = tower.hf(pixel_values, grid_thw=grid_thw)
+        feats = out.pooler_output if hasattr(out, "pooler_output") and out.pooler_output is not None else out
+        if isinstance(feats, (tuple, list)):
+            feats = torch.cat(list(feats), 0)
+        return tower.hook_out(feats)
+
+    def prepare(
+        self,
+        input_ids: Tensor,
+        attention_mask: Optional[Tensor] = None,
+        input_features: Optional[Tensor] = None,
+        feature_attention_mask: Optional[Tensor] = None,
+        pixel_values: Optional[Tensor] = None,
+        image_grid_thw: Optional[Tensor] = None,
+        pixel_values_videos: Optional[Tensor] = None,
+        video_grid_thw: Optional[Tensor] = None,
+        video_second_per_grid: Optional[Tensor] = None,
+        use_audio_in_video: bool = False,
+        **extra,
+    ) -> AVBatch:
+        """Processor outputs (`Qwen2_5OmniProcessor(...)`) -> `AVBatch`.
+
+        Runs the towers once, builds the layout (groups, time stamps, 2-second chunk ids) and
+        the 3-D positions exactly as Hugging Face's `get_rope_index` does.
+        """
+        unknown = set(extra) - _IGNORED_PROCESSOR_KEYS
+        if unknown:
+            raise TypeError(
+                f"prepare() got unexpected inputs {sorted(unknown)}; it takes the outputs of "
+                "Qwen2_5OmniProcessor (input_ids, attention_mask, input_features, "
+                "feature_attention_mask, pixel_values, image_grid_thw, pixel_values_videos, "
+                "video_grid_thw, video_second_per_grid) and use_audio_in_video."
+            )
+        dev = self.W_E.device
+        input_ids = torch.as_tensor(input_ids)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        input_ids = input_ids.to(dev).long()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(dev).long()
+        t = self.cfg.token_ids
+        if input_features is not None and feature_attention_mask is None:
+            raise ValueError(
+                "input_features without feature_attention_mask: the number of valid mel frames of "
+                "each audio (and so its number of audio tokens) comes from feature_attention_mask. "
+                "Pass the processor's feature_attention_mask."
+            )
+        if pixel_values_videos is not None and video_second_per_grid is None:
+            raise ValueError(
+                "video input without video_second_per_grid: the temporal rotary positions of video "
+                "tokens need the seconds per temporal grid of each video. Pass the processor's "
+                "video_second_per_grid (temporal_patch_size / fps per video)."
+            )
+        if pixel_values_videos is not None and video_grid_thw is None:
+            raise ValueError("pixel_values_videos without video_grid_thw: pass the processor's video_grid_thw")
+        if pixel_values is not None and image_grid_thw is None:
+            raise ValueError("pixel_values without image_grid_thw: pass the processor's image_grid_thw")
+        for kind, present in (("audio", input_features is not None), ("video", pixel_values_videos is not None), ("image", pixel_values is not None)):
+            n_ph = int(((input_ids == t[f"{kind}_token_id"]) & attention_mask.bool()).sum())
+            if n_ph and not present:
+                raise ValueError(f"the prompt has {n_ph} {kind} placeholder tokens but no {kind} input was given")
+            if present and not n_ph:
+                raise ValueError(f"{kind} input was given but the prompt has no {kind} placeholder tokens (id {t[f'{kind}_token_id']})")
+
+        audio_lens = None
+        if input_features is not None:
+            fam = feature_attention_mask.to(dev)
+            _, audio_lens = self.audio_tower.hf._get_feat_extract_output_lengths(fam.sum(1))
+            audio_lens = audio_lens.tolist()
+        spg = None
+        if video_second_per_grid is not None:
+            spg = torch.as_tensor(video_second_per_grid)
+        cursor = _MediaCursor(
+            audio_lens,
+            video_grid_thw.tolist() if video_grid_thw is not None else None,
+            spg,
+            image_grid_thw.tolist() if image_grid_thw is not None else None,
+        )
+        positions, time, chunk, media_index, deltas = self._positions_and_times(input_ids, attention_mask, cursor, use_audio_in_video)
+        for kind, store, used in (("audio", audio_lens, cursor.audio), ("video", cursor.video_grids, cursor.video), ("image", cursor.image_grids, cursor.image)):
+            if store is not None and used != len(store):
+                raise ValueError(f"{len(store)} {kind} inputs but {used} {kind} placeholder blocks in the prompt")
+
+        features = {}
+        if input_features is not None:
+            features["audio"] = self.encode_audio(input_features.to(dev), feature_attention_mask.to(dev))
+        if pixel_values is not None:
+            features["image"] = self.encode_visual(pixel_values.to(dev), image_grid_thw.to(dev))
+        if pixel_values_videos is not None:
+            features["video"] = self.encode_visual(pixel_values_videos.to(dev), video_grid_thw.to(dev))
+
+        valid = attention_mask.bool()
+        masks = {k: (input_ids == t[f"{k}_token_id"]) & valid for k in ("audio", "video", "image")}
+        media = masks["audio"] | masks["video"] | masks["image"]
+        special_ids = torch.tensor(sorted(self.special_token_ids()), device=dev)
+        masks["special"] = torch.isin(input_ids, special_ids) & valid & ~media
+        masks["pad"] = ~valid
+        masks["text"] = valid & ~media & ~masks["special"]
+        str_tokens = None
+        if self.tokenizer is not None:
+            str_tokens = [[self.tokenizer.decode([i]) for i in row] for row in input_ids.tolist()]
+        layout = BatchLayout(masks, time=time, chunk=chunk, media_index=media_index, str_tokens=str_tokens)
+        raw = dict(
+            input_features=input_features,
+            feature_attention_mask=feature_attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            video_second_per_grid=video_second_per_grid,
+            use_audio_in_video=use_audio_in_video,
+        )
+        return AVBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            layout=layout,
+            features=features,
+            rope_deltas=deltas,
+            raw=raw,
+        )
+
+    # ---------------------------------------------------------------------------------- positions
+    def _positions_and_times(self, input_ids: Tensor, attention_mask: Tensor, cursor: _MediaCursor, use_audio_in_video: bool):
+        b, n = input_ids.shape
+        dev = input_ids.device
+        positions = torch.ones(3, b, n, dtype=torch.long)
+        time = torch.full((b, n), float("nan"))
+        chunk = torch.full((b, n), -1, dtype=torch.long)
+        media_index = torch.full((b, n), -1, dtype=torch.long)
+        deltas = torch.zeros(b, 1, dtype=torch.long)
+        has_grid = cursor.video_grids is not None or cursor.image_grids is not None
+        for i in range(b):
+            valid = attention_mask[i].bool().cpu()
+            ids = input_ids[i].cpu()[valid].tolist()
+            pos, tm, ch, mi = self._sample_positions(ids, cursor, use_audio_in_video)
+            positions[:, i, valid] = pos
+            time[i, valid] = tm
+            chunk[i, valid] = ch
+            media_index[i, valid] = mi
+            deltas[i, 0] = int(pos.max()) + 1 - len(ids) if len(ids) else 0
+        if not has_grid:
+            # Hugging Face's text/audio path: running count, padding at 1 (equal on real tokens)
+            positions, deltas = self.text_positions(attention_mask.cpu())
+        return positions.to(dev), time.to(dev), chunk.to(dev), media_index.to(dev), deltas.to(dev)
+
+    def _vision_positions(self, grid: list[int], t_index: Tensor, start: int) -> Tensor:
+        gt, gh, gw = grid
+        m = self.spatial_merge_size
+        h, w = gh // m, gw // m
+        t_idx = t_index.view(-1, 1).expand(-1, h * w).flatten()
+        h_idx = torch.arange(h).view(1, -1, 1).expand(gt, -1, w).flatten()
+        w_idx = torch.arange(w).view(1, 1, -1).expand(gt, h, -1).flatten()
+        return torch.stack([t_idx, h_idx, w_idx]) + start
+
+    def _video_t_index(self, vi: int) -> tuple[Tensor, Tensor]:
+        gt = cursor_grid = self._cursor.video_grids[vi][0]
+        spg = self._cursor.video_spg[vi]
+        # float32 arithmetic in Hugging Face's order, so truncation matches exactly
+        t_index = (torch.arange(gt) * spg.cpu().float() * self.position_id_per_seconds).long()
+        seconds = torch.arange(cursor_grid).float() * spg.cpu().float()
+        return t_index, seconds
+
+    def _sample_positions(self, ids: list[int], cursor: _MediaCursor, use_audio_in_video: bool):
+        t = self.cfg.token_ids
+        A, V, I = t["audio_token_id"], t["video_token_id"], t["image_token_id"]
+        a_bos, a_eos = t["audio_start_token_id"], t["audio_end_token_id"]
+        v_bos, v_eos = t["vision_start_token_id"], t["vision_end_token_id"]
+        per_chunk = int(self.position_id_per_seconds * self.seconds_per_chunk)
+        pps = self.position_id_per_seconds
+        self._cursor = cursor
+        n = len(ids)
+        pos = torch.zeros(3, n, dtype=torch.long)
+        tm = torch.full((n,), float("nan"))
+        ch = torch.full((n,), -1, dtype=torch.long)
+        mi = torch.full((n,), -1, dtype=torch.long)
+        local = {"audio": 0, "video": 0, "image": 0}
+        nxt, i = 0, 0
+
+        def run_end(j: int, allowed: set) -> int:
+            while j < n and ids[j] in allowed:
+                j += 1
+            return j
+
+        while i < n:
+            tok = ids[i]
+            if use_audio_in_video and tok == v_bos and i + 1 < n and ids[i + 1] == a_bos:
+                pos[:, i] = pos[:, i + 1] = nxt
+                s = nxt + 1
+                j = run_end(i + 2, {A, V})
+                vi, ai = cursor.next("video"), cursor.next("audio")
+                grid = cursor.video_grids[vi]
+                t_index, v_sec = self._video_t_index(vi)
+                vpos = self._vision_positions(grid, t_index, s)
+                n_audio = cursor.audio_lens[ai]
+                apos = torch.arange(n_audio).view(1, -1).expand(3, -1) + s
+                hw = grid[1] * grid[2] // self.spatial_merge_size**2
+                v_secs = v_sec.repeat_interleave(hw)
+                a_secs = torch.arange(n_audio).float() / pps
+                vspans = _chunk_spans(vpos[0].tolist(), per_chunk, s)
+                aspans = _chunk_spans(apos[0].tolist(), per_chunk, s)
+                if j - (i + 2) != vpos.shape[1] + n_audio:
+                    raise ValueError(
+                        f"audio-in-video block at position {i}: {j - (i + 2)} placeholder tokens, but the "
+                        f"video ({grid}) and its audio need {vpos.shape[1]} + {n_audio}. Re-run the "
+                        "processor with the same media and use_audio_in_video=True."
+                    )
+                k = i + 2
+                last_max = s - 1
+                for c in range(max(len(vspans), len(aspans))):
+                    for kind, spans, p_all, secs, pid, idx in (
+                        ("video", vspans, vpos, v_secs, V, vi),
+                        ("audio", aspans, apos, a_secs, A, ai),
+                    ):
+                        if c >= len(spans):
+                            continue
+                        a0, a1 = spans[c]
+                        cnt = a1 - a0
+                        if cnt == 0:
+                            continue
+                        block_ids = ids[k : k + cnt]
+                        if any(x != pid for x in block_ids):
+                            raise ValueError(
+                                f"audio-in-video block at position {i}: chunk {c} should hold {cnt} "
+                                f"{kind} tokens at positions {k}..{k + cnt - 1}; the prompt's placeholders "
+                                "are not interleaved as [video chunk][audio chunk] per 2 s. Re-run the "
+                                "processor with use_audio_in_video=True."
+                            )
+                        pos[:, k : k + cnt] = p_all[:, a0:a1]
+                        tm[k : k + cnt] = secs[a0:a1]
+                        ch[k : k + cnt] = c
+                        mi[k : k + cnt] = local[kind]
+                        last_max = int(p_all[:, a0:a1].max())
+                        k += cnt
+                local["video"] += 1
+                local["audio"] += 1
+                if j + 1 >= n or ids[j] != a_eos or ids[j + 1] != v_eos:
+                    raise ValueError(
+                        f"the audio-in-video block starting at position {i} must end with "
+                        "<|audio_eos|><|vision_eos|>; re-run the processor with use_audio_in_video=True."
+                    )
+                pos[:, j] = pos[:, j + 1] = last_max + 1
+                nxt = last_max + 2
+                i = j + 2
+            elif tok in (A, V, I):
+                kind = {A: "audio", V: "video", I: "image"}[tok]
+                j = run_end(i, {tok})
+                idx = cursor.next(kind)
+                if kind == "audio":
+                    cnt = cursor.audio_lens[idx]
+                    p = torch.arange(cnt).view(1, -1).expand(3, -1) + nxt
+                    secs = torch.arange(cnt).float() / pps
+                else:
+                    grid = (cursor.video_grids if kind == "video" else cursor.image_grids)[idx]
+                    if kind == "video":
+                        t_index, g_sec = self._video_t_index(idx)
+                    else:
+                        t_index = (torch.arange(grid[0]) * 1 * pps).long()
+                        g_sec = torch.full((grid[0],), float("nan"))
+                    p = self._vision_positions(grid, t_index, nxt)
+                    cnt = p.shape[1]
+                    secs = g_sec.repeat_interleave(grid[1] * grid[2] // self.spatial_merge_size**2)
+                if j - i != cnt:
+                    raise ValueError(
+                        f"{j - i} {kind} placeholder tokens at position {i} but the {kind} input #{idx} "
+                        f"gives {cnt} features. Each {kind} needs exactly as many placeholders as "
+                        "its encoder outputs tokens: re-run the processor on the same media."
+                    )
+                pos[:, i:j] = p
+                tm[i:j] = secs
+                if kind != "image":
+                    for c, (a0, a1) in enumerate(_chunk_spans(p[0].tolist(), per_chunk, nxt)):
+                        ch[i + a0 : i + a1] = c
+                mi[i:j] = local[kind]
+                local[kind] += 1
+                nxt = int(p.max()) + 1
+                i = j
+            else:
+                pos[:, i] = nxt
+                nxt += 1
+                i += 1
+        return pos, tm, ch, mi
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _resolve_checkpoint(path_or_id: str, allow_pickle: bool) -> str:
+    if os.path.isdir(path_or_id):
+        return path_or_id
+    if os.path.exists(path_or_id):
+        raise ValueError(f"{path_or_id} is a file; pass the checkpoint folder (with config.json)")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+    if allow_pickle:
+        patterns.append("*.bin")
+    return snapshot_download(path_or_id, allow_patterns=patterns)
+
+
+def _thinker_key(key: str) -> Optional[str]:
+    """Map a checkpoint key to the HF thinker's module key; None for talker / token2wav."""
+    if key.startswith(("talker.", "token2wav.")):
+        return None
+    if key.startswith("thinker."):
+        key = key[len("thinker.") :]
+    if key.startswith("audio_tower."):
+        return "model." + key
+    if key.startswith("visual."):
+        return "model." + key
+    if key.startswith("model.") and not key.startswith(("model.language_model.", "model.audio_tower.", "model.visual.")):
+        return "model.language_model." + key[len("model.") :]
+    return key
+
+
+def _read_thinker_state(root: str, allow_pickle: bool) -> dict[str, Tensor]:
+    index = os.path.join(root, "model.safetensors.index.json")
+    single = os.path.join(root, "model.safetensors")
+    state: dict[str, Tensor] = {}
+    if os.path.exists(index) or os.path.exists(single):
+        if os.path.exists(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        else:
+            with safe_open(single, framework="pt") as f:
+                weight_map = {k: "model.safetensors" for k in f.keys()}
+        by_file: dict[str, list[str]] = {}
+        for k, fname in weight_map.items():
+            if _thinker_key(k) is not None:
+                by_file.setdefault(fname, []).append(k)
+        for fname, keys in by_file.items():
+            with safe_open(os.path.join(root, fname), framework="pt") as f:
+                for k in keys:
+                    state[_thinker_key(k)] = f.get_tensor(k)
+        return state
+    bins = sorted(x for x in os.listdir(root) if x.endswith(".bin"))
+    if bins:
+        if not allow_pickle:
+            raise ValueError(
+                f"{root} holds only pickle checkpoints ({bins[:3]}), which can run code when "
+                "loaded. Convert them to safetensors, or pass allow_pickle=True to load them with "
+                "torch.load(weights_only=True)."
+            )
+        for fname in bins:
+            sd = torch.load(os.path.join(root, fname), map_location="cpu", weights_only=True)
+            for k, v in sd.items():
+                tk = _thinker_key(k)
+                if tk is not None:
+                    state[tk] = v
+        return state
+    raise FileNotFoundError(f"no safetensors (or .bin) weights in {root}")
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Create parameters on the meta device (buffers stay real), so a model skeleton costs no
+    memory before the checkpoint's tensors are assigned into it."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(module._parameters[name].to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _try_tokenizer(root: str):
+    if not any(os.path.exists(os.path.join(root, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(root)
+    except Exception as e:  # a broken tokenizer should not stop the weights from loading
+        warnings.warn(f"could not load the tokenizer from {root}: {e}")
+        return None
