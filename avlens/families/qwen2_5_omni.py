@@ -633,3 +633,100 @@ def _try_tokenizer(root: str):
     except Exception as e:  # a broken tokenizer should not stop the weights from loading
         warnings.warn(f"could not load the tokenizer from {root}: {e}")
         return None
+
+
+# ------------------------------------------------------------------------------------ prompts
+
+
+def audio_token_count(n_frames: int) -> int:
+    """Audio tokens the Qwen2.5-Omni audio tower makes from `n_frames` mel frames (10 ms hop):
+    two stride-2 stages, `((F - 1) // 2 + 1 - 2) // 2 + 1` (25 tokens per second)."""
+    return ((n_frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def media_placeholder_ids(
+    token_ids: dict[str, int],
+    n_audio_frames: Optional[int] = None,
+    video_grid_thw: Optional[tuple[int, int, int]] = None,
+    video_second_per_grid: float = 1.0,
+    image_grid_thw: Optional[tuple[int, int, int]] = None,
+    use_audio_in_video: bool = False,
+    spatial_merge_size: int = 2,
+    position_id_per_seconds: int = 25,
+    seconds_per_chunk: int = 2,
+) -> list[int]:
+    """The token ids Qwen2.5-Omni's processor puts in a prompt for one audio, video and/or image,
+    delimiters included. With `use_audio_in_video`, the video and its audio track are
+    interleaved in `seconds_per_chunk` chunks, `[video chunk][audio chunk]`, between
+    `<|vision_bos|><|audio_bos|>` and `<|audio_eos|><|vision_eos|>`."""
+    t = token_ids
+    out: list[int] = []
+    m2 = spatial_merge_size**2
+    if use_audio_in_video:
+        if n_audio_frames is None or video_grid_thw is None:
+            raise ValueError("use_audio_in_video needs both n_audio_frames and video_grid_thw")
+        gt, gh, gw = video_grid_thw
+        per_grid = gh * gw // m2
+        spg = torch.tensor(float(video_second_per_grid)).float()
+        v_t = (torch.arange(gt) * spg * position_id_per_seconds).long().repeat_interleave(per_grid).tolist()
+        n_a = audio_token_count(n_audio_frames)
+        per_chunk = int(position_id_per_seconds * seconds_per_chunk)
+        vs, as_ = _chunk_spans(v_t, per_chunk, 0), _chunk_spans(list(range(n_a)), per_chunk, 0)
+        out += [t["vision_start_token_id"], t["audio_start_token_id"]]
+        for c in range(max(len(vs), len(as_))):
+            if c < len(vs):
+                out += [t["video_token_id"]] * (vs[c][1] - vs[c][0])
+            if c < len(as_):
+                out += [t["audio_token_id"]] * (as_[c][1] - as_[c][0])
+        out += [t["audio_end_token_id"], t["vision_end_token_id"]]
+        return out
+    if image_grid_thw is not None:
+        n = int(torch.tensor(image_grid_thw).prod()) // m2
+        out += [t["vision_start_token_id"]] + [t["image_token_id"]] * n + [t["vision_end_token_id"]]
+    if video_grid_thw is not None:
+        n = int(torch.tensor(video_grid_thw).prod()) // m2
+        out += [t["vision_start_token_id"]] + [t["video_token_id"]] * n + [t["vision_end_token_id"]]
+    if n_audio_frames is not None:
+        out += [t["audio_start_token_id"]] + [t["audio_token_id"]] * audio_token_count(n_audio_frames) + [t["audio_end_token_id"]]
+    return out
+
+
+def tiny_thinker_config(
+    vocab_size: int = 512,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_mlp: int = 128,
+    mrope_section: Optional[list[int]] = None,
+):
+    """A Hugging Face `Qwen2_5OmniThinkerConfig` for a tiny random thinker (2-layer towers), its
+    special token ids remapped to the top of a small vocabulary. Used by `avlens demo` until the
+    trained toy model ships, and handy for experiments that need the architecture, not weights."""
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    head_dim = d_model // n_heads
+    if mrope_section is None:
+        q = head_dim // 2
+        mrope_section = [q - 2 * (q * 3 // 8), q * 3 // 8, q * 3 // 8]
+    top = vocab_size - 1
+    ids = dict(
+        pad_token_id=top - 10, eos_token_id=top - 9, bos_token_id=top - 8,
+        audio_token_id=top - 7, audio_start_token_id=top - 6, audio_end_token_id=top - 5,
+        vision_start_token_id=top - 4, vision_end_token_id=top - 3, image_token_id=top - 2, video_token_id=top - 1,
+    )
+    text = dict(
+        vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, rms_norm_eps=1e-6,
+        max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section},
+        pad_token_id=ids["pad_token_id"], eos_token_id=ids["eos_token_id"], bos_token_id=ids["bos_token_id"],
+    )
+    audio = dict(num_mel_bins=128, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=d_model, n_window=100, max_source_positions=1500)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=d_model, patch_size=14,
+                  temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3)
+    return Qwen2_5OmniThinkerConfig(
+        text_config=text, audio_config=audio, vision_config=vision,
+        audio_token_index=ids["audio_token_id"], image_token_index=ids["image_token_id"], video_token_index=ids["video_token_id"],
+        audio_start_token_id=ids["audio_start_token_id"], audio_end_token_id=ids["audio_end_token_id"],
+        vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
+    )
