@@ -449,6 +449,8 @@ class KVCache:
     def __init__(self, n_layers: int):
         self.keys: list[Optional[Tensor]] = [None] * n_layers
         self.values: list[Optional[Tensor]] = [None] * n_layers
+        # [b, past + new] attention mask over every position the next call's keys cover
+        self.key_mask: Optional[Tensor] = None
 
     @property
     def length(self) -> int:

@@ -459,7 +459,7 @@ class HookedAVTransformer(HookedRootModule):
             x = None
 
         past = kv_cache.length if kv_cache is not None else 0
-        key_mask = batch.attention_mask if past == 0 else getattr(kv_cache, "key_mask", None)
+        key_mask = batch.attention_mask if past == 0 else kv_cache.key_mask
         if key_mask is None or key_mask.shape[1] != past + batch.shape[1]:
             raise ValueError("decoding with a KV cache needs kv_cache.key_mask covering past and new positions")
         self.run_state.begin(batch.layout, start_pos=past, decoding=past > 0)
