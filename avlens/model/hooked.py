@@ -111,6 +111,7 @@ class HookedAVTransformer(HookedRootModule):
                     "them in the hook with batch.layout.positions(group) instead)."
                 )
             view = base.add_group_view(group)
+            view.train(self.training)
             view.name = name
             self.mod_dict[name] = view
             self.group_view_dict[name] = view
@@ -246,17 +247,29 @@ class HookedAVTransformer(HookedRootModule):
     @torch.no_grad()
     def fold_ln(self) -> "HookedAVTransformer":
         """Fold each RMSNorm's weight into the weights that read its output (W_Q/W_K/W_V, W_gate/
-        W_in, W_U). New tensors are made, so a Hugging Face model sharing weights is unchanged.
+        W_in, W_U). New modules are made, so a Hugging Face model sharing weights is unchanged.
         Logits are unchanged; `hook_normalized` then feeds the projections directly."""
+
+        def folded(lin: nn.Linear, w: Tensor) -> nn.Linear:
+            new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device=lin.weight.device, dtype=lin.weight.dtype)
+            new.weight = nn.Parameter(lin.weight * w[None, :].to(lin.weight.dtype))
+            if lin.bias is not None:
+                new.bias = nn.Parameter(lin.bias.clone())
+            return new
+
         for b in self.blocks:
+            if b.ln1.folded:
+                continue
             w1, w2 = b.ln1.w, b.ln2.w
-            for lin in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj):
-                lin.weight = nn.Parameter(lin.weight * w1[None, :])
-            for lin in (b.mlp.gate_proj, b.mlp.up_proj):
-                lin.weight = nn.Parameter(lin.weight * w2[None, :])
+            a, m = b.attn, b.mlp
+            a.q_proj, a.k_proj, a.v_proj = folded(a.q_proj, w1), folded(a.k_proj, w1), folded(a.v_proj, w1)
+            m.gate_proj, m.up_proj = folded(m.gate_proj, w2), folded(m.up_proj, w2)
             b.ln1.folded = b.ln2.folded = True
-        self.unembed.lm_head.weight = nn.Parameter(self.unembed.lm_head.weight * self.ln_final.w[None, :])
-        self.ln_final.folded = True
+        if not self.ln_final.folded:
+            self.unembed.lm_head = folded(self.unembed.lm_head, self.ln_final.w)
+            self.ln_final.folded = True
+        self.setup()
+        self.train(self.training)
         return self
 
     # ------------------------------------------------------------------------- tokens and strings
