@@ -29,6 +29,7 @@ class RunState:
         self.layout: Optional[BatchLayout] = None
         self.start_pos: int = 0
         self.decoding: bool = False
+        self.generating: bool = False  # inside `generate` (prefill and steps)
         self._positions: dict[str, Tensor] = {}
 
     def begin(self, layout: Optional[BatchLayout], start_pos: int = 0, decoding: bool = False) -> None:
@@ -46,7 +47,8 @@ class RunState:
                 f"the group view {hook_name!r} fired outside a model forward; group views need the "
                 "batch's layout, which the model sets at the start of each forward."
             )
-        if self.decoding and int(self.layout.mask(group).sum()) == 0:
+        empty = int(self.layout.mask(group).sum()) == 0
+        if empty and (self.decoding or (self.generating and group == "generated")):
             # a decoding step only covers new (generated text) positions: other groups are
             # simply absent from it, which is not an error once the prefill had them
             self._positions[group] = None

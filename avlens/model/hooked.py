@@ -589,35 +589,42 @@ class HookedAVTransformer(HookedRootModule):
             from tqdm.auto import tqdm
 
             iterator = tqdm(iterator, desc="generate")
-        with self.hooks(fwd_hooks=list(fwd_hooks)):
-            cache.key_mask = key_mask
-            logits = self.forward(batch, kv_cache=cache)[:, -1]
-            for step in iterator:
-                if return_logits:
-                    step_logits.append(logits)
-                nxt = self._choose(logits, do_sample, temperature, top_k, top_p, gen)
-                nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
-                new_tokens.append(nxt)
-                if eos:
-                    finished |= torch.isin(nxt, torch.tensor(sorted(eos), device=dev))
-                if step == max_new_tokens - 1 or bool(finished.all()):
-                    break
-                key_mask = torch.cat([key_mask, torch.ones_like(key_mask[:, :1])], dim=1)
+        self.run_state.generating = True
+        try:
+            with self.hooks(fwd_hooks=list(fwd_hooks)):
                 cache.key_mask = key_mask
-                pos = key_mask.sum(-1, keepdim=True) - 1 + deltas.to(dev)  # [b, 1]
-                if batch.position_ids.ndim == 3:
-                    pos = pos[None].expand(batch.position_ids.shape[0], -1, -1)
-                layout = layout.extend(1)
-                step_batch = AVBatch(
-                    input_ids=nxt[:, None],
-                    attention_mask=torch.ones_like(nxt[:, None]),
-                    position_ids=pos,
-                    layout=layout.slice(layout.n_pos - 1),
-                )
-                logits = self.forward(step_batch, kv_cache=cache)[:, -1]
+                logits = self.forward(batch, kv_cache=cache)[:, -1]
+                for step in iterator:
+                    if return_logits:
+                        step_logits.append(logits)
+                    nxt = self._choose(logits, do_sample, temperature, top_k, top_p, gen)
+                    nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
+                    new_tokens.append(nxt)
+                    if eos:
+                        finished |= torch.isin(nxt, torch.tensor(sorted(eos), device=dev))
+                    if step == max_new_tokens - 1 or bool(finished.all()):
+                        break
+                    layout = layout.extend(1)
+                    logits = self._decode_step(nxt, cache, layout, deltas, batch.position_ids.ndim)
+        finally:
+            self.run_state.generating = False
         tokens = torch.stack(new_tokens, dim=1)
         seq = torch.cat([batch.input_ids.to(dev), tokens], dim=1) if batch.input_ids is not None else None
         return GenerateOutput(tokens, torch.stack(step_logits, 1) if step_logits else None, seq, batch)
+
+    def _decode_step(self, token: Tensor, cache: KVCache, layout: BatchLayout, deltas: Tensor, pos_ndim: int) -> Tensor:
+        """One decoding step: the new token at position (real tokens so far) - 1 + rope delta."""
+        cache.key_mask = torch.cat([cache.key_mask, torch.ones_like(cache.key_mask[:, :1])], dim=1)
+        pos = cache.key_mask.sum(-1, keepdim=True) - 1 + deltas.to(token.device)  # [b, 1]
+        if pos_ndim == 3:
+            pos = pos[None].expand(3, -1, -1)
+        step = AVBatch(
+            input_ids=token[:, None],
+            attention_mask=torch.ones_like(token[:, None]),
+            position_ids=pos,
+            layout=layout.slice(layout.n_pos - 1),
+        )
+        return self.forward(step, kv_cache=cache)[:, -1]
 
     @staticmethod
     def _choose(logits: Tensor, do_sample: bool, temperature: float, top_k, top_p, gen) -> Tensor:
