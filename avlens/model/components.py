@@ -133,6 +133,7 @@ class AttentionMask:
         self.q_start = q_start
         self.n_q = n_q
         self._allowed: Optional[Tensor] = None
+        self._blocked: Optional[Tensor] = None
 
     @property
     def n_k(self) -> int:
@@ -142,6 +143,12 @@ class AttentionMask:
     def plain_causal(self) -> bool:
         """True when a plain causal mask is exact (no padding, no cached prefix)."""
         return self.q_start == 0 and self.n_q == self.n_k and bool(self.key_valid.all())
+
+    def blocked(self) -> Tensor:
+        """Bool `[b, 1, p, k]`, the complement of `allowed()`."""
+        if self._blocked is None:
+            self._blocked = ~self.allowed()
+        return self._blocked
 
     def allowed(self) -> Tensor:
         """Bool `[b, 1, p, k]`."""
@@ -329,9 +336,10 @@ class Attention(nn.Module):
         """Explicit scores and pattern for queries q0:q1 (all of them when hooks fire)."""
         kx = k.repeat_interleave(rep, dim=2) if rep > 1 else k
         vx = v.repeat_interleave(rep, dim=2) if rep > 1 else v
-        scores = torch.einsum("bqhe,bkhe->bhqk", q[:, q0:q1], kx) / math.sqrt(self.cfg.d_head)
-        allowed = mask.allowed()[:, :, q0:q1]
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        # scale q (small) rather than the scores (large), and mask in place: the full-size
+        # score tensor is allocated once
+        scores = torch.einsum("bqhe,bkhe->bhqk", q[:, q0:q1] / math.sqrt(self.cfg.d_head), kx)
+        scores.masked_fill_(mask.blocked()[:, :, q0:q1], torch.finfo(scores.dtype).min)
         if hooks:
             scores = self.hook_attn_scores(scores)
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)

@@ -96,6 +96,18 @@ class HookedAVTransformer(HookedRootModule):
     def hook_points(self):
         return list(self.hook_dict.values()) + list(self.group_view_dict.values())
 
+    def remove_all_hook_fns(self, direction="both", including_permanent=False, level=None):
+        # only visit hook points that hold hooks: a model has thousands of (mostly idle) group
+        # views, and TransformerLens's walk over all of them costs milliseconds per call
+        for hp in self.hook_points():
+            if hp.fwd_hooks or hp.bwd_hooks:
+                hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def clear_contexts(self):
+        for hp in self.hook_points():
+            if hp.ctx:
+                hp.clear_context()
+
     def resolve_hook(self, name: str) -> HookPoint:
         """The hook point called `name`, creating the group view `<hook>.<group>` if needed."""
         hp = self.hook_dict.get(name) or self.group_view_dict.get(name)
