@@ -197,8 +197,8 @@ class BatchLayout:
             raise ValueError(
                 f"token group {group!r} is empty in this batch, so {what} would do nothing. "
                 + (
-                    "Run sink detection first (avlens.analysis.find_sinks) and put its result in "
-                    "the layout (report.to_layout())."
+                    "Detect the sink tokens first and add them to the layout with "
+                    "batch.with_group('sink', positions)."
                     if group == "sink"
                     else "Check the inputs contain that modality, or choose another group."
                 )
@@ -243,6 +243,8 @@ class BatchLayout:
             mask = positions.to(self.device).clone()
         else:
             if isinstance(positions, Tensor):
+                if positions.is_floating_point() or positions.is_complex():
+                    raise TypeError(f"positions for group {name!r} must be integers or a bool mask, got a {positions.dtype} tensor")
                 positions = positions.tolist()
             if isinstance(positions, int):
                 positions = [positions]
@@ -251,6 +253,8 @@ class BatchLayout:
                 raise ValueError(f"got {len(per_sample)} position lists for group {name!r} but the batch has {b} samples")
             for i, ps in enumerate(per_sample):
                 for p in ps:
+                    if isinstance(p, bool) or not isinstance(p, int):
+                        raise TypeError(f"positions for group {name!r} must be integers, got {p!r}")
                     if not -n <= int(p) < n:
                         raise IndexError(f"position {p} for group {name!r} is outside the sequence (length {n})")
                     mask[i, int(p)] = True

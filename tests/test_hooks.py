@@ -608,7 +608,8 @@ def test_stop_at_layer_returns_that_layers_resid_pre_and_skips_later_blocks(mode
     L = model.cfg.n_layers
     _, cache = model.run_with_cache(batch)
     fired = []
-    names = list(model.hook_dict)
+    # opt-in hooks (hook_result, hook_q/k/v_input) refuse hooks while disabled, as in TransformerLens
+    names = [n for n in model.hook_dict if not n.endswith(("hook_result", "hook_q_input", "hook_k_input", "hook_v_input"))]
     out = model.run_with_hooks(batch, stop_at_layer=k, fwd_hooks=[(n, lambda x, hook: fired.append(hook.name)) for n in names])
     torch.testing.assert_close(out, cache[f"blocks.{k}.hook_resid_pre"])
     late = set(_block_hook_names(model, range(k, L))) | {"ln_final.hook_scale", "ln_final.hook_normalized"}

@@ -40,6 +40,9 @@ class HookedEncoder(nn.Module):
 
     `hook_in` sees the encoder input (mel features `[n_audio, n_mels, frames]`, or flattened
     patches `[n_patches, C * T * P * P]`), `hook_out` its projected output `[n_tokens, d_model]`.
+    The encoders run once, in `prepare`; while a hook is attached to `hook_in` or `hook_out`,
+    the forward pass runs them again on the batch's raw inputs, so those hooks take effect
+    (and gradients reach the encoder inputs) however they were attached.
     """
 
     def __init__(self, hf_module: nn.Module):
@@ -51,6 +54,10 @@ class HookedEncoder(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.hf.parameters()).dtype
+
+    @property
+    def hooked(self) -> bool:
+        return self.hook_in.has_hooks() or self.hook_out.has_hooks()
 
 
 def _chunk_spans(values: list[int], per_chunk: int, offset: int) -> list[tuple[int, int]]:
@@ -91,6 +98,8 @@ class _MediaCursor:
 
 class HookedQwen2_5Omni(HookedAVTransformer):
     """Qwen2.5-Omni thinker with TMRoPE, audio/video/image towers and audio-in-video layouts."""
+
+    encoder_hook_prefixes = ("audio_tower.", "visual.")
 
     # ---------------------------------------------------------------------------------- config
     @staticmethod
@@ -232,7 +241,6 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         ids = {t[k] for k in ("audio_start_token_id", "audio_end_token_id", "vision_start_token_id", "vision_end_token_id")}
         return ids | super().special_token_ids()
 
-    @torch.no_grad()
     def encode_audio(self, input_features: Tensor, feature_attention_mask: Tensor) -> Tensor:
         """Audio tower: mel features `[n, mels, frames]` -> `[n_tokens, d_model]` (valid frames
         only, as Hugging Face does)."""
@@ -246,7 +254,6 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             raise RuntimeError(f"audio tower gave {out.shape[0]} tokens, expected {int(out_lens.sum())}")
         return tower.hook_out(out)
 
-    @torch.no_grad()
     def encode_visual(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
         """Vision tower: flattened patches + grids -> merged tokens `[n_tokens, d_model]`."""
         tower = self.visual
@@ -309,6 +316,34 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             raise ValueError("pixel_values_videos without video_grid_thw: pass the processor's video_grid_thw")
         if pixel_values is not None and image_grid_thw is None:
             raise ValueError("pixel_values without image_grid_thw: pass the processor's image_grid_thw")
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}; they must match")
+        if input_features is not None:
+            if input_features.ndim != 3 or feature_attention_mask.ndim != 2 or input_features.shape[0] != feature_attention_mask.shape[0] or input_features.shape[-1] != feature_attention_mask.shape[-1]:
+                raise ValueError(
+                    f"input_features {tuple(input_features.shape)} and feature_attention_mask "
+                    f"{tuple(feature_attention_mask.shape)} do not fit: expected [n_audio, mels, frames] "
+                    "and [n_audio, frames] from the same processor call."
+                )
+        m2 = self.spatial_merge_size**2
+        for kind, pv, grid in (("video", pixel_values_videos, video_grid_thw), ("image", pixel_values, image_grid_thw)):
+            if pv is None:
+                continue
+            grid = torch.as_tensor(grid)
+            if grid.ndim != 2 or grid.shape[1] != 3:
+                raise ValueError(f"{kind}_grid_thw must be [n_{kind}s, 3] (t, h, w per {kind}); got {tuple(grid.shape)}")
+            if int(grid.prod(-1).sum()) != pv.shape[0]:
+                raise ValueError(
+                    f"{kind} patches ({pv.shape[0]} rows) do not match {kind}_grid_thw, which implies "
+                    f"{int(grid.prod(-1).sum())} (sum of t*h*w); pass the tensors of one processor call."
+                )
+            if bool((grid[:, 1:] % self.spatial_merge_size != 0).any()):
+                raise ValueError(f"{kind}_grid_thw heights and widths must be multiples of the merge size {self.spatial_merge_size}")
+        if pixel_values_videos is not None:
+            n_videos = torch.as_tensor(video_grid_thw).shape[0]
+            n_spg = torch.as_tensor(video_second_per_grid).reshape(-1).shape[0]
+            if n_spg != n_videos:
+                raise ValueError(f"video_second_per_grid has {n_spg} entries for {n_videos} videos; pass one per video")
         for kind, present in (("audio", input_features is not None), ("video", pixel_values_videos is not None), ("image", pixel_values is not None)):
             n_ph = int(((input_ids == t[f"{kind}_token_id"]) & attention_mask.bool()).sum())
             if n_ph and not present:
@@ -335,13 +370,18 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             if store is not None and used != len(store):
                 raise ValueError(f"{len(store)} {kind} inputs but {used} {kind} placeholder blocks in the prompt")
 
-        features = {}
-        if input_features is not None:
-            features["audio"] = self.encode_audio(input_features.to(dev), feature_attention_mask.to(dev))
-        if pixel_values is not None:
-            features["image"] = self.encode_visual(pixel_values.to(dev), image_grid_thw.to(dev))
-        if pixel_values_videos is not None:
-            features["video"] = self.encode_visual(pixel_values_videos.to(dev), video_grid_thw.to(dev))
+        raw = dict(
+            input_features=input_features,
+            feature_attention_mask=feature_attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            video_second_per_grid=video_second_per_grid,
+            use_audio_in_video=use_audio_in_video,
+        )
+        with torch.no_grad():
+            features = self.encode_media(raw)
 
         valid = attention_mask.bool()
         masks = {k: (input_ids == t[f"{k}_token_id"]) & valid for k in ("audio", "video", "image")}
@@ -354,16 +394,6 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         if self.tokenizer is not None:
             str_tokens = [[self.tokenizer.decode([i]) for i in row] for row in input_ids.tolist()]
         layout = BatchLayout(masks, time=time, chunk=chunk, media_index=media_index, str_tokens=str_tokens)
-        raw = dict(
-            input_features=input_features,
-            feature_attention_mask=feature_attention_mask,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            pixel_values_videos=pixel_values_videos,
-            video_grid_thw=video_grid_thw,
-            video_second_per_grid=video_second_per_grid,
-            use_audio_in_video=use_audio_in_video,
-        )
         return AVBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -373,6 +403,33 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             rope_deltas=deltas,
             raw=raw,
         )
+
+    def encode_media(self, raw: dict) -> dict[str, Tensor]:
+        """Run the encoders on a batch's raw inputs: `{"audio": ..., "image": ..., "video": ...}`."""
+        dev = self.W_E.device
+        features = {}
+        if raw.get("input_features") is not None:
+            features["audio"] = self.encode_audio(raw["input_features"].to(dev), raw["feature_attention_mask"].to(dev))
+        if raw.get("pixel_values") is not None:
+            features["image"] = self.encode_visual(raw["pixel_values"].to(dev), raw["image_grid_thw"].to(dev))
+        if raw.get("pixel_values_videos") is not None:
+            features["video"] = self.encode_visual(raw["pixel_values_videos"].to(dev), raw["video_grid_thw"].to(dev))
+        return features
+
+    def embed_batch(self, batch: AVBatch) -> Tensor:
+        if (self.audio_tower.hooked or self.visual.hooked) and batch.features:
+            if batch.inputs_embeds is not None or not batch.raw:
+                raise ValueError(
+                    "a hook is attached to audio_tower/visual, but this batch carries no raw media "
+                    "inputs to run the encoders on (it was not built by prepare, or was sliced). "
+                    "Build it with model.prepare(...)."
+                )
+            fresh = self.encode_media(batch.raw)
+            batch = AVBatch(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                layout=batch.layout, features={**batch.features, **fresh}, rope_deltas=batch.rope_deltas,
+            )
+        return super().embed_batch(batch)
 
     # ---------------------------------------------------------------------------------- positions
     def _positions_and_times(self, input_ids: Tensor, attention_mask: Tensor, cursor: _MediaCursor, use_audio_in_video: bool):
@@ -498,6 +555,12 @@ class HookedQwen2_5Omni(HookedAVTransformer):
                 i = j + 2
             elif tok in (A, V, I):
                 kind = {A: "audio", V: "video", I: "image"}[tok]
+                if kind == "video" and use_audio_in_video:
+                    raise ValueError(
+                        f"use_audio_in_video=True, but the video at position {i} is not an audio-in-video "
+                        "block (<|vision_bos|><|audio_bos|> [video chunk][audio chunk]... <|audio_eos|>"
+                        "<|vision_eos|>). Use the processor's output with the same use_audio_in_video value."
+                    )
                 j = run_end(i, {tok})
                 idx = cursor.next(kind)
                 if kind == "audio":
@@ -544,12 +607,20 @@ def _resolve_checkpoint(path_or_id: str, allow_pickle: bool) -> str:
         return path_or_id
     if os.path.exists(path_or_id):
         raise ValueError(f"{path_or_id} is a file; pass the checkpoint folder (with config.json)")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
-    if allow_pickle:
-        patterns.append("*.bin")
-    return snapshot_download(path_or_id, allow_patterns=patterns)
+    # configs, tokenizer files and the safetensors index first; then only the shards that hold
+    # thinker tensors (a 7B Omni checkpoint's talker and token2wav shards are never fetched)
+    root = snapshot_download(path_or_id, allow_patterns=["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"])
+    index = os.path.join(root, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        for fname in sorted({fn for k, fn in weight_map.items() if _thinker_key(k) is not None}):
+            hf_hub_download(path_or_id, fname)
+        return root
+    patterns = ["*.safetensors"] + (["*.bin"] if allow_pickle else [])
+    return snapshot_download(path_or_id, allow_patterns=patterns + ["*.json"])
 
 
 def _thinker_key(key: str) -> Optional[str]:

@@ -106,7 +106,17 @@ class AVHookPoint(HookPoint):
         return self._state.layout
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = super().__call__(x)
+        if self.fwd_hooks:
+            shape = x.shape
+            x = super().__call__(x)
+            if not isinstance(x, Tensor) or x.shape != shape:
+                got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(
+                    f"a hook at {self.name!r} returned {got}; it must return a tensor of the "
+                    f"activation's shape {tuple(shape)} (or None to leave it unchanged)."
+                )
+        else:
+            x = super().__call__(x)
         if not self.has_group_views:
             return x
         active = [v for v in self._modules.values() if v.fwd_hooks or v.bwd_hooks]
@@ -144,12 +154,11 @@ class GroupViewHookPoint(HookPoint):
             raise RuntimeError(f"group view {self.name!r}: activation batch {x.shape[0]} != layout batch {b}")
         index = pos.view(b, n, *([1] * (x.ndim - 2))).expand(b, n, *x.shape[2:])
         sub = x.gather(1, index)
+        # always scatter back: hooks may edit `sub` in place and return None or `sub` itself
         new = self(sub)
-        if new is sub and not self.bwd_hooks:
-            return x
-        if new.shape != sub.shape:
+        if not isinstance(new, Tensor) or new.shape != sub.shape:
             raise ValueError(
-                f"the hook at {self.name!r} returned shape {tuple(new.shape)}; it must return the "
+                f"the hook at {self.name!r} returned {tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__}; it must return the "
                 f"group slice's shape {tuple(sub.shape)} (or None to leave it unchanged)."
             )
         return x.scatter(1, index, new.to(x.dtype))

@@ -26,6 +26,7 @@ from avlens.config import AVConfig
 from avlens.layout import PARTITION_GROUPS, BatchLayout
 from avlens.model.components import AttentionMask, KVCache, RMSNorm, Rotary, TransformerBlock
 from avlens.model.hook_points import AVHookPoint, GroupViewHookPoint, RunState
+from avlens.model.registry import family_for_checkpoint, family_for_hf_model
 from avlens.model.summary import AttentionGroupSummary, GroupSummaryCollector
 
 ModelInput = Union[AVBatch, Tensor, str, Sequence[str]]
@@ -59,6 +60,9 @@ class HookedAVTransformer(HookedRootModule):
     """
 
     media_kinds: tuple[str, ...] = ("audio", "video", "image")
+    # hooks of the modality encoders: left out of the default cache (caching them re-runs the
+    # encoders in the forward pass); name them to cache them
+    encoder_hook_prefixes: tuple[str, ...] = ()
 
     def __init__(self, cfg: AVConfig, tokenizer: Any = None):
         super().__init__()
@@ -139,7 +143,25 @@ class HookedAVTransformer(HookedRootModule):
         )
 
     def _enable_hook_with_name(self, name: str, hook: Callable, dir):
-        self.resolve_hook(name).add_hook(hook, dir=dir, level=self.context_level)
+        hp = self.resolve_hook(name)
+        self.check_hooks_to_add(hp, name, hook, dir=dir)
+        hp.add_hook(hook, dir=dir, level=self.context_level)
+
+    def _disabled_reason(self, name: str) -> Optional[str]:
+        """Why an opt-in hook would never fire, or None if it fires."""
+        parts = name.split(".")
+        base = next((p[len("hook_"):] for p in reversed(parts) if p.startswith("hook_")), "")
+        if base == "result" and not self.cfg.use_attn_result:
+            return f"{name!r} only fires with model.cfg.use_attn_result = True (it costs a [batch, pos, head, d_model] tensor per layer); set it first."
+        if base in ("q_input", "k_input", "v_input") and not self.cfg.use_split_qkv_input:
+            return f"{name!r} only fires with model.cfg.use_split_qkv_input = True; set it first."
+        return None
+
+    def check_hooks_to_add(self, hook_point, hook_point_name, hook, dir="fwd", is_permanent=False, prepend=False):
+        """Refuse hooks that would never fire (TransformerLens does the same for opt-in hooks)."""
+        reason = self._disabled_reason(hook_point_name)
+        if reason:
+            raise ValueError(reason)
 
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
         if isinstance(name, str):
@@ -151,7 +173,8 @@ class HookedAVTransformer(HookedRootModule):
     def _names_filter(self, names_filter) -> Callable[[str], bool]:
         """Group views are cached only when named: a callable filter sees the base hooks only."""
         if names_filter is None:
-            return lambda n: True
+            prefixes = self.encoder_hook_prefixes
+            return lambda n: not n.startswith(prefixes) if prefixes else True
         if isinstance(names_filter, str):
             names_filter = [names_filter]
         if isinstance(names_filter, (list, tuple, set)):
@@ -168,13 +191,30 @@ class HookedAVTransformer(HookedRootModule):
         if isinstance(names_filter, (str, list, tuple, set)):
             names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
             explicit = [n for n in names if n in self.group_view_dict or self._is_creatable_view(n)]
-        filt = self._names_filter(names_filter)
+        if isinstance(names_filter, (str, list, tuple, set)):
+            for n in [names_filter] if isinstance(names_filter, str) else names_filter:
+                reason = self._disabled_reason(n)
+                if reason:
+                    raise ValueError(reason)
+        named = self._names_filter(names_filter)
+        filt = lambda n: named(n) and self._disabled_reason(n) is None  # noqa: E731
         cache_dict, fwd, bwd = super().get_caching_hooks(filt, incl_bwd, device, remove_batch_dim, cache, pos_slice)
         if explicit:
-            # group views are not in hook_dict; borrow TL's save hook for them
-            _, fwd_v, bwd_v = super().get_caching_hooks(lambda n: True, incl_bwd, device, remove_batch_dim, cache_dict, pos_slice)
-            save_fwd = fwd_v[0][1] if fwd_v else None
-            save_bwd = bwd_v[0][1] if bwd_v else None
+            # group views are not in hook_dict, and their position axis is always 1 (0 without
+            # the batch axis), whatever the hook's suffix says to TransformerLens's save hook
+            from transformer_lens.utilities import Slice
+
+            sl = Slice.unwrap(pos_slice)
+
+            def save(tensor, hook, is_backward=False):
+                t = tensor.detach().to(device) if device is not None else tensor.detach()
+                if remove_batch_dim:
+                    t = t[0]
+                t = sl.apply(t, dim=0 if remove_batch_dim else 1)
+                cache_dict[hook.name + ("_grad" if is_backward else "")] = t
+
+            save_fwd = save
+            save_bwd = lambda t, hook: save(t, hook, True)  # noqa: E731
             for n in explicit:
                 self.resolve_hook(n)
                 fwd.append((n, save_fwd))
@@ -189,8 +229,9 @@ class HookedAVTransformer(HookedRootModule):
     def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
         """Run the model and cache activations: returns (output, `ActivationCache`).
 
-        `names_filter`: None (every base hook; group views are left out), a name, a list of names
-        (group views included when named), or a callable on base hook names. Other keywords as in
+        `names_filter`: None (every decoder hook; group views and encoder hooks are left out), a
+        name, a list of names (group views and encoder hooks included when named), or a callable
+        on base hook names. Other keywords as in
         TransformerLens (`device`, `incl_bwd`, `pos_slice`, ...) and the forward's
         (`stop_at_layer`, `start_at_layer`, ...).
         """
@@ -411,14 +452,17 @@ class HookedAVTransformer(HookedRootModule):
         """The merged input embeddings `[b, p, d]`: token embeddings with each media kind's
         projected encoder features written into its placeholder positions (in order)."""
         if batch.inputs_embeds is not None:
-            return self.hook_embed(batch.inputs_embeds.to(self.W_E.dtype))
+            x = batch.inputs_embeds.to(self.W_E.dtype)
+            # a hook editing in place must not change the caller's batch
+            return self.hook_embed(x.clone() if x is batch.inputs_embeds and self.hook_embed.has_hooks() else x)
         x = F.embedding(batch.input_ids, self.W_E)
         for kind in ("audio", "image", "video"):
             feats = batch.features.get(kind)
             if feats is None:
                 continue
             hook = getattr(self, f"hook_{kind}_embed")
-            feats = hook(feats.to(x.device, x.dtype))
+            moved = feats.to(x.device, x.dtype)
+            feats = hook(moved.clone() if moved is feats and hook.has_hooks() else moved)
             mask = batch.layout.mask(kind)
             n = int(mask.sum())
             if feats.shape[0] != n:
@@ -474,7 +518,14 @@ class HookedAVTransformer(HookedRootModule):
             if x.ndim != 3 or x.shape[-1] != self.cfg.d_model:
                 raise ValueError(f"the starting residual must be [batch, pos, {self.cfg.d_model}], got {tuple(x.shape)}")
             if batch is None:
+                if self.cfg.rope_kind != "1d":
+                    raise ValueError(
+                        "start_at_layer on a model with multimodal rotary positions needs the batch the "
+                        "residual belongs to: model(resid, start_at_layer=k, batch=batch). For text-only "
+                        "input pass batch=model.text_batch(tokens)."
+                    )
                 batch = self.text_batch(torch.zeros(x.shape[:2], dtype=torch.long, device=x.device), attention_mask)
+            x = x.clone()  # hooks editing the residual in place must not change the caller's tensor
             if batch.shape != x.shape[:2]:
                 raise ValueError(f"the residual {tuple(x.shape[:2])} and the batch {tuple(batch.shape)} differ in [batch, pos]")
         else:
@@ -581,6 +632,12 @@ class HookedAVTransformer(HookedRootModule):
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         batch = self._to_batch(input)
+        if not bool(batch.attention_mask[:, -1].bool().all()):
+            raise ValueError(
+                "generate needs left padding: some samples end in padding, so their next token would "
+                "be predicted from a pad position. Pad on the left (processor/tokenizer "
+                "padding_side='left')."
+            )
         dev = self.W_E.device
         gen = torch.Generator(device=dev)
         if seed is not None:
@@ -656,8 +713,8 @@ class HookedAVTransformer(HookedRootModule):
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
 
     # ------------------------------------------------------------------------- introspection
-    def hook_table(self, input: ModelInput, include_group_views: bool = False) -> list[tuple[str, tuple[int, ...]]]:
-        """(hook name, activation shape) for every hook that fires on `input`."""
+    def hook_table(self, input: ModelInput) -> list[tuple[str, tuple[int, ...]]]:
+        """(hook name, activation shape) for every base hook that fires on `input`."""
         names = []
         _, cache = self.run_with_cache(input)
         for k, v in cache.items():
@@ -679,8 +736,6 @@ class HookedAVTransformer(HookedRootModule):
         that supports its class."""
         if cls is not HookedAVTransformer:
             raise NotImplementedError(f"{cls.__name__} does not implement from_hf")
-        from avlens.families import family_for_hf_model
-
         return family_for_hf_model(hf_model).from_hf(hf_model, **kwargs)
 
     @classmethod
@@ -688,6 +743,4 @@ class HookedAVTransformer(HookedRootModule):
         """Load a checkpoint from a local folder or a Hugging Face hub id."""
         if cls is not HookedAVTransformer:
             raise NotImplementedError(f"{cls.__name__} does not implement from_pretrained")
-        from avlens.families import family_for_checkpoint
-
         return family_for_checkpoint(path_or_id).from_pretrained(path_or_id, **kwargs)
