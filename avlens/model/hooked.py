@@ -639,8 +639,9 @@ class HookedAVTransformer(HookedRootModule):
                 "padding_side='left')."
             )
         dev = self.W_E.device
-        gen = torch.Generator(device=dev)
+        gen = None  # the global RNG (so torch.manual_seed governs sampling), unless seeded here
         if seed is not None:
+            gen = torch.Generator(device=dev)
             gen.manual_seed(seed)
         eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
         if pad_token_id is None:
@@ -701,7 +702,7 @@ class HookedAVTransformer(HookedRootModule):
             return logits.argmax(-1)
         logits = logits.float() / max(temperature, 1e-8)
         if top_k is not None:
-            kth = logits.topk(top_k, dim=-1).values[..., -1:]
+            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if top_p is not None:
             sorted_logits, idx = logits.sort(dim=-1, descending=True)
