@@ -13,6 +13,7 @@ from avlens.config import AVConfig
 from avlens.families import HookedQwen2_5Omni
 from avlens.layout import PARTITION_GROUPS, BatchLayout, GroupPositions, TokenLayout
 from avlens.model import AttentionGroupSummary, GenerateOutput, HookedAVTransformer, KVCache
+from avlens.toy import load_toy
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,5 @@ __all__ = [
     "KVCache",
     "PARTITION_GROUPS",
     "TokenLayout",
+    "load_toy",
 ]

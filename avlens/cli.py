@@ -8,6 +8,9 @@
 
     avlens info PATH_OR_ID
         Loads a checkpoint and prints its configuration and hook names.
+
+    avlens train-toy [--out DIR] [--steps N] ...
+        Trains the toy audio-visual model from scratch (`avlens.toy.train`).
 """
 
 from __future__ import annotations
@@ -177,6 +180,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_demo.add_argument("--quiet", action="store_true")
     p_info = sub.add_parser("info", help="load a checkpoint and list its hook points")
     p_info.add_argument("path_or_id")
+    sub.add_parser("train-toy", help="train the toy audio-visual model (see --help)", add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "train-toy":
+        from avlens.toy.train import main as train_main
+
+        return train_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(args.out, args.seed, args.quiet)

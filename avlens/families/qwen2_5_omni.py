@@ -431,6 +431,22 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             )
         return super().embed_batch(batch)
 
+    def prepare_media(self, text, audio=None, video=None, images=None, fps=2.0, sampling_rate: int = 16000,
+                      use_audio_in_video: bool = False, **kw) -> AVBatch:
+        """Raw media in: `text` (a string, needing `model.tokenizer`, or token ids) with one
+        placeholder per media item (`<|vision_bos|><|VIDEO|><|vision_eos|>`, `<|audio_bos|><|AUDIO|>
+        <|audio_eos|>`, ...), waveforms (16 kHz) and frames (`[T, H, W, 3]` uint8) -> the same
+        `AVBatch` as `prepare(**Qwen2_5OmniProcessor(...))`. Zeroing a modality as in the paper:
+        pass `audio=np.zeros_like(wave)` or `video=np.zeros_like(frames)`; the layout is unchanged.
+        Pixel budgets default to `model.media_defaults` (set by `avlens.load_toy`), else to the
+        Hugging Face processors' own. See `avlens.data.media.prepare_media`."""
+        from avlens.data.media import prepare_media
+
+        for k, v in getattr(self, "media_defaults", {}).items():
+            kw.setdefault(k, v)
+        return prepare_media(self, text, audio=audio, video=video, images=images, fps=fps,
+                             sampling_rate=sampling_rate, use_audio_in_video=use_audio_in_video, **kw)
+
     # ---------------------------------------------------------------------------------- positions
     def _positions_and_times(self, input_ids: Tensor, attention_mask: Tensor, cursor: _MediaCursor, use_audio_in_video: bool):
         b, n = input_ids.shape

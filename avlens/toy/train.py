@@ -1,0 +1,237 @@
+"""Train the toy audio-visual model from scratch: `avlens train-toy` / `python -m avlens.toy.train`.
+
+The model is a Hugging Face `Qwen2_5OmniThinkerForConditionalGeneration` with tiny configs (audio
+tower, vision tower and a 4-layer text backbone), trained end to end (towers included) with
+cross-entropy on the answer tokens of the toy tasks (`avlens.data.tasks`) over clips of the
+synthetic world (`avlens.data.synth`), always with audio in video. Nothing in the objective asks
+for any particular internal mechanism.
+
+Media are converted once per clip with avlens's own processor functions (`avlens.data.media`),
+which equal Hugging Face's: 128-bin log-mel features of the 4 s waveform, and the 8 frames at 2 fps
+resized to 56 x 56 and cut into 14 x 14 x 2 patches (4 temporal grids of 2 x 2 merged tokens).
+All clips have the same length, so every prompt has the same audio-in-video block.
+
+Deterministic for the same torch version and thread count (`torch.use_deterministic_algorithms`
+is not needed on CPU; the data order and initialisation come from `seed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from avlens.data import media, synth, tasks
+from avlens.data.tokenizer import EOS_TOKEN, build_tokenizer, config_token_ids
+
+MIN_PIXELS = MAX_PIXELS = 56 * 56
+
+
+@dataclass
+class TrainConfig:
+    n_clips: int = 3600
+    n_eval_clips: int = 360
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    threads: int = 2
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_mlp: int = 512
+    log_every: int = 100
+
+
+def toy_thinker_config(tokenizer, cfg: TrainConfig):
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    ids = config_token_ids(tokenizer)
+    head_dim = cfg.d_model // cfg.n_heads
+    q = head_dim // 2
+    section = [q - 2 * (q * 3 // 8), q * 3 // 8, q * 3 // 8]
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, rms_norm_eps=1e-6, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+        pad_token_id=ids["pad_token_id"], eos_token_id=ids["eos_token_id"],
+    )
+    audio = dict(num_mel_bins=128, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
+                 output_dim=cfg.d_model, n_window=100, max_source_positions=1500)
+    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=cfg.d_model, patch_size=14,
+                  temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3)
+    c = Qwen2_5OmniThinkerConfig(
+        text_config=text, audio_config=audio, vision_config=vision,
+        audio_token_index=ids["audio_token_id"], image_token_index=ids["image_token_id"], video_token_index=ids["video_token_id"],
+        audio_start_token_id=ids["audio_start_token_id"], audio_end_token_id=ids["audio_end_token_id"],
+        vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
+        tie_word_embeddings=False,
+    )
+    c.pad_token_id = ids["pad_token_id"]
+    return c
+
+
+class ClipStore:
+    """Media features of many clips, computed once (float16 to halve the memory)."""
+
+    def __init__(self, clips, token_ids_cfg, tokenizer):
+        waves = [c.waveform for c in clips]
+        frames = [c.frames for c in clips]
+        feats, fmask = media.audio_features(waves)
+        pv, grid, spg = media.video_patches(frames, fps=synth.FPS, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        self.features = feats.half()
+        self.fmask = fmask
+        per = int(grid[0].prod())
+        if not bool((grid == grid[0]).all()):
+            raise ValueError("toy clips must share one video grid")
+        self.patches = pv.half().view(len(clips), per, -1)
+        self.grid = grid[0]
+        self.spg = float(spg[0])
+        # the expanded audio-in-video block is the same for every clip (same length and grid)
+        marker = [token_ids_cfg["vision_start_token_id"], token_ids_cfg["video_token_id"], token_ids_cfg["vision_end_token_id"]]
+        self.block = media.expand_placeholders(
+            marker, token_ids_cfg, audio_lengths=[int(fmask[0].sum())], video_grids=[self.grid.tolist()],
+            second_per_grid=[self.spg], use_audio_in_video=True,
+        )
+        self.marker = marker
+
+    def batch(self, idx: list[int]) -> dict:
+        return dict(
+            input_features=self.features[idx].float(),
+            feature_attention_mask=self.fmask[idx],
+            pixel_values_videos=self.patches[idx].flatten(0, 1).float(),
+            video_grid_thw=self.grid[None].repeat(len(idx), 1),
+            video_second_per_grid=torch.full((len(idx),), self.spg),
+            use_audio_in_video=True,
+        )
+
+
+def encode_examples(examples, tokenizer, store: ClipStore):
+    """Token ids of prompt + answer (with the media block spliced in) and the answer mask."""
+    rows, answer_masks = [], []
+    for ex in examples:
+        prompt = tokenizer(tasks.prompt_text(ex))["input_ids"]
+        answer = tokenizer(f"{ex.answer} {EOS_TOKEN}")["input_ids"]
+        j = next(i for i in range(len(prompt)) if prompt[i : i + 3] == store.marker)
+        prompt = prompt[:j] + store.block + prompt[j + 3 :]
+        rows.append(prompt + answer)
+        answer_masks.append([0] * len(prompt) + [1] * len(answer))
+    return rows, answer_masks
+
+
+def collate(rows, answer_masks, pad_id: int, side: str = "right"):
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    att = torch.zeros(len(rows), n, dtype=torch.long)
+    labels = torch.full((len(rows), n), -100, dtype=torch.long)
+    for i, (r, m) in enumerate(zip(rows, answer_masks)):
+        off = n - len(r) if side == "left" else 0
+        ids[i, off : off + len(r)] = torch.tensor(r)
+        att[i, off : off + len(r)] = 1
+        lab = torch.tensor([t if k else -100 for t, k in zip(r, m)])
+        labels[i, off : off + len(r)] = lab
+    return ids, att, labels
+
+
+def make_data(cfg: TrainConfig, seed_offset: int = 0, n: Optional[int] = None):
+    clips = synth.make_dataset(n or cfg.n_clips, seed=cfg.seed + seed_offset)
+    pairs = tasks.build_examples(clips, seed=cfg.seed + seed_offset)
+    return clips, pairs
+
+
+def train(cfg: TrainConfig, out_dir: Optional[str] = None, verbose: bool = True) -> dict:
+    from tqdm.auto import tqdm
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    tokenizer = build_tokenizer(tasks.task_vocabulary())
+    ids_cfg = config_token_ids(tokenizer)
+    clips, pairs = make_data(cfg)
+    store = ClipStore(clips, ids_cfg, tokenizer)
+    rows, masks = encode_examples([ex for _, ex in pairs], tokenizer, store)
+    clip_of = [i for i, _ in pairs]
+    t_data = time.time() - t0
+
+    hf_cfg = toy_thinker_config(tokenizer, cfg)
+    hf_cfg._attn_implementation = "sdpa"
+    model = Qwen2_5OmniThinkerForConditionalGeneration(hf_cfg)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps))))
+    )
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(rows), generator=g).tolist()
+    pos = 0
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="train-toy", disable=not verbose)
+    for step in bar:
+        if pos + cfg.batch_size > len(order):
+            order = torch.randperm(len(rows), generator=g).tolist()
+            pos = 0
+        idx = order[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        ids, att, labels = collate([rows[i] for i in idx], [masks[i] for i in idx], tokenizer.pad_token_id)
+        mb = store.batch([clip_of[i] for i in idx])
+        model.model.rope_deltas = None
+        out = model(input_ids=ids, attention_mask=att, labels=labels, use_cache=False, **mb)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+        if verbose and (step + 1) % cfg.log_every == 0:
+            bar.set_postfix_str(f"loss {np.mean(losses[-cfg.log_every:]):.3f}")
+    model.eval()
+    result = {"config": asdict(cfg), "n_examples": len(rows), "data_seconds": t_data,
+              "train_seconds": time.time() - t0 - t_data, "final_loss": float(np.mean(losses[-50:])) if losses else None,
+              "torch": torch.__version__}
+    if out_dir:
+        save(model, tokenizer, out_dir, result)
+    return {"model": model, "tokenizer": tokenizer, **result}
+
+
+def save(model, tokenizer, out_dir: str, info: dict) -> None:
+    """Write the checkpoint folder: config.json, model.safetensors, tokenizer and processor files."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    media.whisper_feature_extractor().save_pretrained(out_dir)
+    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=14, temporal_patch_size=2, merge_size=2).save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "avlens_toy.json"), "w") as f:
+        json.dump({"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "fps": synth.FPS, "duration": synth.DURATION,
+                   "training": {k: v for k, v in info.items() if k != "model"}}, f, indent=1)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="avlens train-toy", description="Train the toy audio-visual model from scratch.")
+    p.add_argument("--out", default=None, help="checkpoint folder to write (default: do not save)")
+    for field, default in asdict(TrainConfig()).items():
+        p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
+    res = train(cfg, args.out, verbose=not args.quiet)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("model", "tokenizer")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
