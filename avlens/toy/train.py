@@ -84,13 +84,24 @@ def toy_thinker_config(tokenizer, cfg: TrainConfig):
 class ClipStore:
     """Media features of many clips, computed once (float16 to halve the memory)."""
 
-    def __init__(self, clips, token_ids_cfg, tokenizer):
-        waves = [c.waveform for c in clips]
-        frames = [c.frames for c in clips]
-        feats, fmask = media.audio_features(waves)
-        pv, grid, spg = media.video_patches(frames, fps=synth.FPS, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-        self.features = feats.half()
-        self.fmask = fmask
+    def __init__(self, clips, token_ids_cfg, tokenizer, chunk: int = 128):
+        feats, fmasks, pvs, grids, spgs = [], [], [], [], []
+        for s in range(0, len(clips), chunk):
+            part = clips[s : s + chunk]
+            # trim=True keeps only the valid mel frames (the processor pads to 30 s; the audio
+            # tower reads only the frames feature_attention_mask marks, so nothing changes)
+            f, m = media.audio_features([c.waveform for c in part], trim=True)
+            pv, grid, spg = media.video_patches([c.frames for c in part], fps=synth.FPS, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+            feats.append(f.half())
+            fmasks.append(m)
+            pvs.append(pv.half())
+            grids.append(grid)
+            spgs.append(spg)
+        if len({f.shape[-1] for f in feats}) != 1:
+            raise ValueError("toy clips must all have the same duration")
+        self.features = torch.cat(feats)
+        self.fmask = torch.cat(fmasks)
+        pv, grid, spg = torch.cat(pvs), torch.cat(grids), torch.cat(spgs)
         per = int(grid[0].prod())
         if not bool((grid == grid[0]).all()):
             raise ValueError("toy clips must share one video grid")
@@ -100,7 +111,7 @@ class ClipStore:
         # the expanded audio-in-video block is the same for every clip (same length and grid)
         marker = [token_ids_cfg["vision_start_token_id"], token_ids_cfg["video_token_id"], token_ids_cfg["vision_end_token_id"]]
         self.block = media.expand_placeholders(
-            marker, token_ids_cfg, audio_lengths=[int(fmask[0].sum())], video_grids=[self.grid.tolist()],
+            marker, token_ids_cfg, audio_lengths=[int(self.fmask[0].sum())], video_grids=[self.grid.tolist()],
             second_per_grid=[self.spg], use_audio_in_video=True,
         )
         self.marker = marker
