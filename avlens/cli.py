@@ -84,19 +84,60 @@ def _hook_table(cache, n_layers: int) -> list[tuple[str, str]]:
     return rows
 
 
-def demo(out: str = "avlens_report.html", seed: int = 0, quiet: bool = False) -> str:
+DEMO_CLIPS = (
+    ("dog", "clear"),
+    ("car", "audio_ambiguous"),
+    ("piano", "video_ambiguous"),
+    ("bird", "offscreen"),
+    ("bell", "silent"),
+    ("train", "distractor"),
+)
+
+
+def _toy_batch(model, n_clips: int, seed: int):
+    """A batch of multiple-choice questions on synthetic clips, and what each should answer."""
+    from avlens.data import synth, tasks
+
+    clips = [synth.make_clip(cls, cond, seed=seed + i) for i, (cls, cond) in enumerate(DEMO_CLIPS[:n_clips])]
+    examples = [tasks.multiple_choice(c, seed=seed) for c in clips]
+    batch = model.prepare_media(
+        [tasks.prompt_text(ex) for ex in examples],
+        audio=[c.waveform for c in clips], video=[c.frames for c in clips], fps=synth.FPS, use_audio_in_video=True,
+    )
+    return batch, clips, examples
+
+
+def demo(out: str = "avlens_report.html", seed: int = 0, quiet: bool = False, n_clips: int = 4) -> str:
     from tqdm.auto import tqdm
+
+    from avlens.toy import load_toy, toy_available
 
     say = (lambda *a: None) if quiet else print
     steps = tqdm(total=5, desc="avlens demo", disable=quiet, file=sys.stderr)
     t0 = time.time()
-    model, cfg = _tiny_model(seed)
-    steps.update(1)
-    steps.set_postfix_str("prepare")
-    inputs, question_start = _clip_inputs(model, cfg, seed)
-    batch = model.prepare(**inputs)
-    batch = batch.with_group("question", list(range(question_start, batch.shape[1])))
-    steps.update(1)
+    answers = []
+    if toy_available():
+        model = load_toy()
+        what = "the shipped toy audio-visual model (avlens.load_toy())"
+        steps.update(1)
+        steps.set_postfix_str("prepare_media")
+        batch, clips, examples = _toy_batch(model, n_clips, seed)
+        steps.update(1)
+        steps.set_postfix_str("generate")
+        gen = model.generate(batch, max_new_tokens=1)
+        tok = model.tokenizer
+        for c, ex, t in zip(clips, examples, gen.tokens[:, 0].tolist()):
+            opts = " ".join(f"{l}.{o}" for l, o in zip("ABCD", ex.options))
+            answers.append((c.truth.target, c.truth.condition, opts, ex.answer, tok.decode([t]).strip()))
+    else:
+        model, cfg = _tiny_model(seed)
+        what = "a tiny RANDOM Qwen2.5-Omni-architecture thinker built in memory (no toy checkpoint is shipped yet)"
+        steps.update(1)
+        steps.set_postfix_str("prepare")
+        inputs, question_start = _clip_inputs(model, cfg, seed)
+        batch = model.prepare(**inputs)
+        batch = batch.with_group("question", list(range(question_start, batch.shape[1])))
+        steps.update(1)
     steps.set_postfix_str("run_with_cache")
     logits, cache = model.run_with_cache(batch)
     steps.update(1)
@@ -108,11 +149,14 @@ def demo(out: str = "avlens_report.html", seed: int = 0, quiet: bool = False) ->
     steps.update(1)
     steps.close()
 
-    say("avlens demo: a tiny RANDOM Qwen2.5-Omni-architecture thinker built in memory")
-    say("(the trained toy audio-visual model replaces it once it ships)\n")
+    say(f"avlens demo on {what}\n")
     say(model)
-    say("\nToken layout (A audio, V video, T text, S special; runs merged):")
+    say("\nToken layout (A audio, V video, T text, S special, . pad; runs merged):")
     say(batch)
+    if answers:
+        say("\nMultiple choice (4 options), greedy answer:")
+        for target, cond, opts, gold, pred in answers:
+            say(f"  {target:>6} / {cond:<16} {opts:<40} truth {gold}  model {pred}  {'ok' if gold == pred else 'WRONG'}")
     say("\nHook points (blocks.{l}.* exist for every layer l; shapes are [batch, pos, ...]):")
     width = max(len(r[0]) for r in rows)
     for name, shape in rows:
@@ -120,12 +164,12 @@ def demo(out: str = "avlens_report.html", seed: int = 0, quiet: bool = False) ->
     say("  group views: append a group to any per-position hook, e.g. blocks.{l}.hook_resid_post.audio")
     say(f"\nCache: {len(cache)} activations, {n_bytes / 2**20:.2f} MiB, logits {tuple(logits.shape)}")
     say(summary)
-    _write_report(out, model, batch, rows, summary, n_bytes, len(cache))
+    _write_report(out, model, batch, rows, summary, n_bytes, len(cache), what, answers)
     say(f"\nReport written to {out} ({time.time() - t0:.1f} s)")
     return out
 
 
-def _write_report(path, model, batch, rows, summary, n_bytes, n_hooks) -> None:
+def _write_report(path, model, batch, rows, summary, n_bytes, n_hooks, what, answers) -> None:
     import plotly.graph_objects as go
 
     groups = summary.groups
@@ -142,12 +186,14 @@ def _write_report(path, model, batch, rows, summary, n_bytes, n_hooks) -> None:
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ddd;padding:2px 8px;font-family:monospace;font-size:12px}</style></head><body>",
         "<h1>avlens demo report</h1>",
-        "<p>A tiny <b>random</b> Qwen2.5-Omni-architecture thinker built in memory (the trained toy "
-        "audio-visual model replaces it once it ships), on a 3-second audio-in-video clip of synthetic features.</p>",
+        f"<p>avlens on {html.escape(what)}.</p>",
         "<h2 id='toc'>Contents</h2><ol><li><a href='#model'>Model</a></li><li><a href='#layout'>Token layout</a></li>"
         "<li><a href='#flow'>Attention between token groups</a></li><li><a href='#hooks'>Hook points</a></li></ol>",
         f"<h2 id='model'>Model</h2><pre>{html.escape(repr(model))}</pre>",
         f"<h2 id='layout'>Token layout</h2>{batch._repr_html_()}<pre>{html.escape(repr(batch.layout))}</pre>",
+        ("<h2 id='answers'>Answers</h2><table><tr><th>object</th><th>condition</th><th>options</th><th>truth</th><th>model</th></tr>"
+         + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{html.escape(c)}</td><td>{d}</td><td>{e}</td></tr>" for a, b, c, d, e in answers)
+         + "</table>") if answers else "",
         "<h2 id='flow'>Attention between token groups</h2><p>Computed inside one forward pass with "
         "<code>model.attention_group_summary(batch)</code>; full patterns are never kept.</p>",
     ]
