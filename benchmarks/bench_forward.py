@@ -68,51 +68,10 @@ CONFIGS = ("hf_eager", "hf_sdpa", "avlens", "avl_resid", "avl_full")
 
 # ----------------------------------------------------------------------------------- models
 def thinker_config():
-    from transformers import Qwen2_5OmniThinkerConfig
+    from avlens.families.qwen2_5_omni import tiny_thinker_config
 
-    names = ("pad", "eos", "bos", "user", "audio", "audio_start", "audio_end", "vision_start", "vision_end", "image", "video")
-    ids = {n: SPECIAL_BASE + k for k, n in enumerate(names)}
-    assert max(ids.values()) < VOCAB
-    text = dict(
-        vocab_size=VOCAB,
-        hidden_size=D_MODEL,
-        intermediate_size=D_MLP,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS,
-        num_key_value_heads=N_KV_HEADS,
-        hidden_act="silu",
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(MROPE_SECTION)},
-        use_sliding_window=False,
-        tie_word_embeddings=False,
-        pad_token_id=ids["pad"],
-        bos_token_id=ids["bos"],
-        eos_token_id=ids["eos"],
-    )
-    audio = dict(num_mel_bins=128, encoder_layers=2, d_model=32, encoder_attention_heads=2, encoder_ffn_dim=64,
-                 n_window=100, max_source_positions=1500, output_dim=D_MODEL)
-    vision = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=14, temporal_patch_size=2,
-                  spatial_merge_size=2, in_channels=3, window_size=56, fullatt_block_indexes=[1], out_hidden_size=D_MODEL)
-    return Qwen2_5OmniThinkerConfig(
-        text_config=text,
-        audio_config=audio,
-        vision_config=vision,
-        audio_token_id=ids["audio"],
-        image_token_id=ids["image"],
-        video_token_id=ids["video"],
-        audio_start_token_id=ids["audio_start"],
-        audio_end_token_id=ids["audio_end"],
-        vision_start_token_id=ids["vision_start"],
-        vision_end_token_id=ids["vision_end"],
-        user_token_id=ids["user"],
-        position_id_per_seconds=25,
-        seconds_per_chunk=2,
-        tie_word_embeddings=False,
-        pad_token_id=ids["pad"],
-        bos_token_id=ids["bos"],
-        eos_token_id=ids["eos"],
-    )
+    return tiny_thinker_config(vocab_size=VOCAB, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS,
+                               n_kv_heads=N_KV_HEADS, d_mlp=D_MLP, mrope_section=list(MROPE_SECTION))
 
 
 def build_hf(attn: str, seed: int = 0, share_from=None):

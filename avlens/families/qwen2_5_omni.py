@@ -786,10 +786,17 @@ def tiny_thinker_config(
     n_kv_heads: int = 2,
     d_mlp: int = 128,
     mrope_section: Optional[list[int]] = None,
+    token_ids: Optional[dict[str, int]] = None,
+    audio_d_model: int = 32,
+    audio_heads: int = 2,
+    vision_hidden: int = 32,
+    vision_heads: int = 2,
+    max_position_embeddings: int = 32768,
 ):
-    """A Hugging Face `Qwen2_5OmniThinkerConfig` for a tiny random thinker (2-layer towers), its
-    special token ids remapped to the top of a small vocabulary. Used by `avlens demo` until the
-    trained toy model ships, and handy for experiments that need the architecture, not weights."""
+    """A Hugging Face `Qwen2_5OmniThinkerConfig` for a small thinker with 2-layer towers (patch 14,
+    temporal patch 2, merge 2; 128 mel bins). Special token ids default to the top of the
+    vocabulary (`token_ids` overrides them, e.g. from a tokenizer). Used by `avlens demo`, the
+    benchmark and the toy model's training."""
     from transformers import Qwen2_5OmniThinkerConfig
 
     head_dim = d_model // n_heads
@@ -802,18 +809,29 @@ def tiny_thinker_config(
         audio_token_id=top - 7, audio_start_token_id=top - 6, audio_end_token_id=top - 5,
         vision_start_token_id=top - 4, vision_end_token_id=top - 3, image_token_id=top - 2, video_token_id=top - 1,
     )
+    if token_ids is not None:
+        ids.update(token_ids)
+        ids.setdefault("bos_token_id", None)
+        if "bos_token_id" not in token_ids:
+            ids["bos_token_id"] = None
     text = dict(
         vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
         num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, rms_norm_eps=1e-6,
-        max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section},
-        pad_token_id=ids["pad_token_id"], eos_token_id=ids["eos_token_id"], bos_token_id=ids["bos_token_id"],
+        max_position_embeddings=max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(mrope_section)},
+        pad_token_id=ids["pad_token_id"], eos_token_id=ids["eos_token_id"], bos_token_id=ids.get("bos_token_id"),
     )
-    audio = dict(num_mel_bins=128, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, output_dim=d_model, n_window=100, max_source_positions=1500)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=d_model, patch_size=14,
-                  temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3)
-    return Qwen2_5OmniThinkerConfig(
+    audio = dict(num_mel_bins=128, d_model=audio_d_model, encoder_layers=2, encoder_attention_heads=audio_heads,
+                 encoder_ffn_dim=2 * audio_d_model, output_dim=d_model, n_window=100, max_source_positions=1500)
+    vision = dict(depth=2, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=vision_heads,
+                  out_hidden_size=d_model, patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56,
+                  fullatt_block_indexes=[1], in_channels=3)
+    cfg = Qwen2_5OmniThinkerConfig(
         text_config=text, audio_config=audio, vision_config=vision,
         audio_token_index=ids["audio_token_id"], image_token_index=ids["image_token_id"], video_token_index=ids["video_token_id"],
         audio_start_token_id=ids["audio_start_token_id"], audio_end_token_id=ids["audio_end_token_id"],
         vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
+        tie_word_embeddings=False,
     )
+    cfg.pad_token_id = ids["pad_token_id"]
+    return cfg

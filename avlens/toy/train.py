@@ -54,31 +54,13 @@ class TrainConfig:
 
 
 def toy_thinker_config(tokenizer, cfg: TrainConfig):
-    from transformers import Qwen2_5OmniThinkerConfig
+    from avlens.families.qwen2_5_omni import tiny_thinker_config
 
-    ids = config_token_ids(tokenizer)
-    head_dim = cfg.d_model // cfg.n_heads
-    q = head_dim // 2
-    section = [q - 2 * (q * 3 // 8), q * 3 // 8, q * 3 // 8]
-    text = dict(
-        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp, num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, rms_norm_eps=1e-6, max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
-        pad_token_id=ids["pad_token_id"], eos_token_id=ids["eos_token_id"],
+    return tiny_thinker_config(
+        vocab_size=len(tokenizer), d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads, d_mlp=cfg.d_mlp, token_ids=config_token_ids(tokenizer),
+        audio_d_model=64, audio_heads=4, vision_hidden=64, vision_heads=4, max_position_embeddings=4096,
     )
-    audio = dict(num_mel_bins=128, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                 output_dim=cfg.d_model, n_window=100, max_source_positions=1500)
-    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=cfg.d_model, patch_size=14,
-                  temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3)
-    c = Qwen2_5OmniThinkerConfig(
-        text_config=text, audio_config=audio, vision_config=vision,
-        audio_token_index=ids["audio_token_id"], image_token_index=ids["image_token_id"], video_token_index=ids["video_token_id"],
-        audio_start_token_id=ids["audio_start_token_id"], audio_end_token_id=ids["audio_end_token_id"],
-        vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
-        tie_word_embeddings=False,
-    )
-    c.pad_token_id = ids["pad_token_id"]
-    return c
 
 
 class ClipStore:
