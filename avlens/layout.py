@@ -41,7 +41,8 @@ GROUP_COLORS: dict[str, str] = {
     "last": "#111827",
     "generated": "#16a34a",
 }
-_SHORT = {"audio": "A", "video": "V", "image": "I", "text": "T", "special": "S", "pad": "."}
+# one letter per partition group: run-length codes (`summary`) and group-prefixed token labels
+GROUP_LETTERS: dict[str, str] = {"audio": "A", "video": "V", "image": "I", "text": "T", "special": "S", "pad": "."}
 
 
 class GroupPositions(NamedTuple):
@@ -379,7 +380,7 @@ class BatchLayout:
                 runs[-1] = (lab, runs[-1][1] + 1)
             else:
                 runs.append((lab, 1))
-        return " ".join(f"{_SHORT[g]}{n}" for g, n in runs)
+        return " ".join(f"{GROUP_LETTERS[g]}{n}" for g, n in runs)
 
     def __repr__(self) -> str:
         counts = {g: self.counts(g).tolist() for g in self.groups if int(self.counts(g).sum()) > 0 or g in PARTITION_GROUPS[:4]}

@@ -1,0 +1,185 @@
+"""Views coloured by token group (`avlens.layout.GROUP_COLORS`): the layout strip, group-prefixed
+token labels, a window of positions for attention views, and plotly heatmaps with group bands.
+
+    html = layout_strip_html(batch.layout, row_labels=["dog / clear", ...])
+    pos = attention_window(batch.layout, sample=0)         # last media chunk and the question
+    labels = group_token_labels(batch.layout, 0, pos, model.to_str_tokens(batch, 0))
+    fig = attention_heatmap(cache["blocks.2.attn.hook_pattern"][0].mean(0)[pos][:, pos], labels,
+                            [batch.layout.labels(0)[p] for p in pos])
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from avlens.layout import GROUP_COLORS, GROUP_LETTERS, PARTITION_GROUPS, BatchLayout
+
+
+def _runs(labels: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Maximal runs of equal labels: `(label, start, end)` with `end` exclusive."""
+    runs: list[tuple[str, int, int]] = []
+    for p, g in enumerate(labels):
+        if runs and runs[-1][0] == g:
+            runs[-1] = (g, runs[-1][1], p + 1)
+        else:
+            runs.append((g, p, p + 1))
+    return runs
+
+
+_STRIP_CSS = (
+    "<style>.avlens-strip{display:flex;height:22px}.avlens-strip>div{min-width:2px;overflow:hidden;"
+    "white-space:nowrap;text-align:center;font-size:10px;line-height:22px;border-right:1px solid white}</style>"
+)
+
+
+def legend_html(groups: Sequence[str] = PARTITION_GROUPS[:5]) -> str:
+    """Colour swatches naming each group."""
+    return "<div class='mono' style='margin:.4em 0'>" + "".join(
+        f"<span style='background:{GROUP_COLORS[g]};color:white;padding:1px 6px;margin-right:4px;"
+        f"border-radius:3px'>{GROUP_LETTERS.get(g, '?')} {html.escape(g)}</span>" for g in groups
+    ) + "</div>"
+
+
+def layout_strip_html(layout: BatchLayout, row_labels: Optional[Sequence[str]] = None, max_rows: int = 32) -> str:
+    """One horizontal strip per sample, each run of same-group positions a block whose width is
+    proportional to its length, coloured by group, labelled with its letter and length (`A50`);
+    hovering shows its positions and media time span. Rows share one position scale, so the
+    audio-in-video interleaving (`V8 A50 V8 A50`: each 2-second chunk's video, then its audio)
+    lines up across clips."""
+    rows = []
+    n = layout.n_pos
+    for i in range(min(layout.batch_size, max_rows)):
+        blocks = []
+        for g, a, b in _runs(layout.labels(i)):
+            tip = f"{g}: position {a} (1 token)" if b - a == 1 else f"{g}: positions {a}-{b - 1} ({b - a} tokens)"
+            t = layout.time[i, a:b]
+            t = t[~torch.isnan(t)]
+            if len(t):
+                tip += f", t = {float(t.min()):.2f}-{float(t.max()):.2f} s"
+            ch = layout.chunk[i, a]
+            if int(ch) >= 0:
+                tip += f", chunk {int(ch)}"
+            fg = "#374151" if g == "pad" else "white"
+            blocks.append(
+                f"<div title='{html.escape(tip, quote=True)}' style='flex:{b - a} 0 0;background:{GROUP_COLORS[g]};"
+                f"color:{fg}'>{GROUP_LETTERS[g]}{b - a}</div>"
+            )
+        label = row_labels[i] if row_labels is not None else f"[{i}]"
+        rows.append(
+            f"<div class='mono' style='white-space:nowrap'>{html.escape(str(label))}</div>"
+            f"<div class='avlens-strip'>{''.join(blocks)}</div>"
+        )
+    more = layout.batch_size - min(layout.batch_size, max_rows)
+    return (
+        _STRIP_CSS
+        + legend_html([g for g in PARTITION_GROUPS if int(layout.counts(g).sum()) > 0])
+        + "<div style='display:grid;grid-template-columns:max-content 1fr;gap:4px 10px;align-items:center'>"
+        + "".join(rows)
+        + f"<div></div><div class='note' style='display:flex;justify-content:space-between'><span>position 0</span>"
+        + f"<span>{n - 1}</span></div></div>"
+        + (f"<p class='note'>... {more} more samples</p>" if more > 0 else "")
+    )
+
+
+def group_token_labels(layout: BatchLayout, sample: int, positions: Sequence[int], str_tokens: Sequence[str]) -> list[str]:
+    """Labels `"<group letter>:<token>"` for some positions of one sample; media positions show
+    their time stamp instead of the placeholder (`A:1.24s`, `V:2.00s`, `T:dog`, `S:<|im_end|>`)."""
+    labels = layout.labels(sample)
+    out = []
+    for p in positions:
+        p = int(p)
+        g = labels[p]
+        t = float(layout.time[sample, p])
+        tok = f"{t:.2f}s" if g in ("audio", "video", "image") and t == t else str(str_tokens[p])
+        out.append(f"{GROUP_LETTERS.get(g, '?')}:{tok}")
+    return out
+
+
+def attention_window(layout: BatchLayout, sample: int = 0, max_len: int = 64) -> Tensor:
+    """Positions of one sample to show in an attention view: from the first position of the last
+    media chunk (its video frames, then its audio) to the last real position (the question and
+    the answer position). When that is longer than `max_len`, the window's largest media group is
+    thinned to every k-th position; if still too long, the last `max_len` positions are kept."""
+    real = (~layout.masks["pad"][sample]).nonzero().flatten()
+    if len(real) == 0:
+        raise ValueError(f"sample {sample} has no real positions")
+    last = int(real[-1])
+    chunk = layout.chunk[sample]
+    if bool((chunk >= 0).any()):
+        start = int((chunk == chunk.max()).nonzero()[0])
+    else:
+        start = max(int(real[0]), last + 1 - max_len)
+    pos = torch.arange(start, last + 1)
+    pos = pos[~layout.masks["pad"][sample, pos]]
+    if len(pos) > max_len:
+        labels = layout.labels(sample)
+        media = [g for g in ("audio", "video", "image") if any(labels[int(p)] == g for p in pos)]
+        if media:
+            g = max(media, key=lambda m: sum(labels[int(p)] == m for p in pos))
+            in_g = torch.tensor([labels[int(p)] == g for p in pos])
+            n_keep = max(1, max_len - int((~in_g).sum()))
+            stride = math.ceil(int(in_g.sum()) / n_keep)
+            keep = ~in_g
+            keep[in_g.nonzero().flatten()[::stride]] = True
+            pos = pos[keep]
+        pos = pos[-max_len:]
+    return pos
+
+
+def attention_heatmap(pattern: Tensor, labels: Sequence[str], groups: Sequence[str], title: str = ""):
+    """A plotly heatmap of a `[query, key]` attention pattern over labelled positions, with bands in
+    each position's group colour along the top (keys) and the right (queries)."""
+    import plotly.graph_objects as go
+
+    z = pattern.detach().float().cpu().numpy() if isinstance(pattern, Tensor) else pattern
+    n = len(labels)
+    hover = [[f"query {labels[q]}<br>key {labels[k]}" for k in range(n)] for q in range(n)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n)), y=list(range(n)), text=hover, colorscale="Blues", zmin=0,
+        hovertemplate="%{text}<br>attention %{z:.3f}<extra></extra>", colorbar=dict(x=1.07, len=0.8),
+    ))
+    shapes = []
+    for g, a, b in _runs(groups):
+        color = GROUP_COLORS.get(g, "#444")
+        shapes.append(dict(type="rect", xref="x", yref="paper", x0=a - 0.5, x1=b - 0.5, y0=1.005, y1=1.035,
+                           fillcolor=color, line_width=0))
+        shapes.append(dict(type="rect", xref="paper", yref="y", x0=1.005, x1=1.035, y0=a - 0.5, y1=b - 0.5,
+                           fillcolor=color, line_width=0))
+    for g in dict.fromkeys(groups):  # legend entries for the band colours
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=g,
+                                 marker=dict(color=GROUP_COLORS.get(g, "#444"), symbol="square", size=11)))
+    tick = dict(tickmode="array", tickvals=list(range(n)), ticktext=list(labels), tickfont=dict(size=8))
+    fig.update_layout(
+        title=title, width=860, height=820, shapes=shapes, plot_bgcolor="white",
+        xaxis=dict(title="key", side="bottom", tickangle=-90, **tick),
+        yaxis=dict(title="query", autorange="reversed", **tick),
+        legend=dict(orientation="h", y=-0.22, x=0), margin=dict(t=80, r=120),
+    )
+    return fig
+
+
+def group_flow_figure(values: Tensor, groups: Sequence[str], title: str = ""):
+    """Heatmaps of attention mass from query groups (rows) to key groups (columns), one per layer;
+    `values` is `[layer, query_group, key_group]` (e.g. `summary.values.mean(1)`, heads averaged)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    n_layers = values.shape[0]
+    cols = min(4, n_layers)
+    rows = math.ceil(n_layers / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"layer {l}" for l in range(n_layers)],
+                        horizontal_spacing=0.06, vertical_spacing=0.12)
+    for l in range(n_layers):
+        fig.add_trace(go.Heatmap(
+            z=values[l].detach().float().cpu().numpy(), x=list(groups), y=list(groups), coloraxis="coloraxis",
+            hovertemplate=f"layer {l}: query %{{y}} -> key %{{x}}: %{{z:.3f}}<extra></extra>",
+        ), row=l // cols + 1, col=l % cols + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1),
+                      width=min(1150, 300 * cols + 150), height=300 * rows + 80)
+    return fig
