@@ -1,10 +1,11 @@
 """The `avlens` command line.
 
-    avlens demo [--out avlens_report.html] [--seed 0]
-        Builds a tiny random Qwen2.5-Omni-architecture thinker in memory (the trained toy model
-        replaces it once it ships), prepares a 3-second audio-in-video clip of synthetic
-        features, prints the token layout, the hook-name table with shapes and a cache summary,
-        and writes an offline HTML report.
+    avlens demo [--out avlens-report] [--n-clips 6] [--seed 0] [--quiet]
+        Loads the shipped toy audio-visual model (a tiny random model of the same kind when no
+        checkpoint ships), builds a few synthetic clips with known ground truth, asks the model a
+        multiple-choice question about each (both modalities, then audio zeroed, then video
+        zeroed), runs them with the cache, prints a summary and writes a self-contained offline
+        HTML report to avlens-report/index.html.
 
     avlens info PATH_OR_ID
         Loads a checkpoint and prints its configuration and hook names.
@@ -19,23 +20,36 @@ import argparse
 import html
 import sys
 import time
-from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+# the demo's clips: object i with condition i (cycled), so the first six cover every condition
+DEMO_OBJECTS = ("dog", "car", "piano", "bird", "bell", "train", "cat", "siren", "guitar", "drum", "phone", "clock")
+# how each answer column's clips were changed: the unimodal-dominance protocol zeroes one raw input
+ZEROING = {"both": None, "audio zeroed": "audio", "video zeroed": "video"}
+DEMO_STEPS = ("load model", "build clips", "prepare media", "run with cache", "answers, modalities zeroed",
+              "attention summary", "write report")
 
-def _tiny_model(seed: int):
+
+def _random_toy_model(seed: int):
+    """A toy-architecture thinker with the toy tokenizer and RANDOM weights (drawn at unit-variance
+    scale, so attention is far from uniform): what the demo runs when no checkpoint ships."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     from avlens import HookedAVTransformer
+    from avlens.data import tasks
+    from avlens.data.tokenizer import build_tokenizer, config_token_ids
     from avlens.families.qwen2_5_omni import tiny_thinker_config
+    from avlens.toy.train import MAX_PIXELS, MIN_PIXELS
 
-    torch.manual_seed(seed)
-    cfg = tiny_thinker_config()
+    tokenizer = build_tokenizer(tasks.task_vocabulary())
+    cfg = tiny_thinker_config(vocab_size=len(tokenizer), token_ids=config_token_ids(tokenizer))
     cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
     hf = Qwen2_5OmniThinkerForConditionalGeneration(cfg).eval()
-    # redraw the weights at unit-variance scale so attention is far from uniform
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in hf.named_parameters():
@@ -43,37 +57,167 @@ def _tiny_model(seed: int):
                 p.copy_((1.0 if "norm" in name or "ln" in name else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / max(1, p.shape[-1]) ** 0.5)
-    return HookedAVTransformer.from_hf(hf), cfg
+    model = HookedAVTransformer.from_hf(hf)
+    model.set_tokenizer(tokenizer)
+    model.media_defaults = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}  # the toy's frame size
+    model.toy_settings = {}
+    return model
 
 
-def _clip_inputs(model, cfg, seed: int, seconds: float = 3.0):
-    """Processor-style inputs for one audio-in-video clip with synthetic features."""
-    from avlens.families.qwen2_5_omni import media_placeholder_ids
+def demo_clips(n_clips: int, seed: int = 0):
+    """`n_clips` synthetic clips (object i under condition i, cycled) and a multiple-choice
+    question about each."""
+    from avlens.data import synth, tasks
 
-    g = torch.Generator().manual_seed(seed + 1)
-    ids = model.cfg.token_ids
-    n_frames = int(seconds * 100)
-    grid = (int(seconds), 4, 4)  # one temporal grid per second (2 frames at 2 fps)
-    vcfg = cfg.vision_config
-    patch_dim = vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size**2
-    n_text = ids["pad_token_id"]
-    prefix = torch.randint(0, n_text, (6,), generator=g).tolist()
-    question = torch.randint(0, n_text, (8,), generator=g).tolist()
-    media = media_placeholder_ids(ids, n_audio_frames=n_frames, video_grid_thw=grid, video_second_per_grid=1.0, use_audio_in_video=True)
-    input_ids = torch.tensor([prefix + media + question])
-    return dict(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        input_features=torch.randn(1, 128, n_frames, generator=g),
-        feature_attention_mask=torch.ones(1, n_frames, dtype=torch.long),
-        pixel_values_videos=torch.randn(grid[0] * grid[1] * grid[2], patch_dim, generator=g),
-        video_grid_thw=torch.tensor([grid]),
-        video_second_per_grid=torch.tensor([1.0]),
-        use_audio_in_video=True,
-    ), len(prefix) + len(media)
+    clips = [
+        synth.make_clip(DEMO_OBJECTS[i % len(DEMO_OBJECTS)], synth.CONDITIONS[i % len(synth.CONDITIONS)], seed=seed + i)
+        for i in range(n_clips)
+    ]
+    return clips, [tasks.multiple_choice(c, seed=seed) for c in clips]
 
 
-def _hook_table(cache, n_layers: int) -> list[tuple[str, str]]:
+@dataclass
+class Answer:
+    """The model's greedy answer to one question, under one way of presenting the clip."""
+
+    token: str
+    prob: float  # the model's probability of `token`
+    truth_prob: float  # its probability of the correct answer
+    correct: bool
+
+    def __str__(self) -> str:
+        return f"{self.token} ({self.prob:.2f})"
+
+
+def answers_from_logits(model, logits, batch, examples) -> list[Answer]:
+    """Greedy first answer token at each sample's last real position (the `last` group)."""
+    last = logits[batch.layout.mask("last").to(logits.device)].float()  # [batch, vocab]
+    probs = last.softmax(-1)
+    out = []
+    for ex, p in zip(examples, probs):
+        tok = int(p.argmax())
+        truth_id = model.tokenizer.convert_tokens_to_ids(ex.answer)
+        text = model.tokenizer.decode([tok]).strip()
+        out.append(Answer(text, float(p[tok]), float(p[truth_id]), text == ex.answer))
+    return out
+
+
+@dataclass
+class DemoRun:
+    """What the demo computed: the report and the terminal summary show it."""
+
+    model: object
+    description: str
+    random: bool
+    clips: list
+    examples: list
+    batch: object  # the clips with both modalities
+    logits: torch.Tensor
+    cache: object
+    answers: dict  # column of ZEROING -> list[Answer], one per clip
+    summary: object  # AttentionGroupSummary of `batch`
+    seconds: float = 0.0
+
+
+def run_demo(n_clips: int = 6, seed: int = 0, progress=None) -> DemoRun:
+    """Load the model, build the clips, run them (cached, then with each modality zeroed)."""
+    from avlens.data import synth, tasks
+    from avlens.toy import load_toy, toy_available
+
+    def done(next_step: str) -> None:
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix_str(next_step)
+
+    t0 = time.time()
+    if toy_available():
+        model, random = load_toy(), False
+        description = ("the shipped toy audio-visual model (avlens.load_toy()): a tiny Qwen2.5-Omni thinker "
+                       "trained from scratch on avlens's synthetic audio-visual world")
+    else:
+        model, random = _random_toy_model(seed), True
+        description = ("a tiny RANDOM Qwen2.5-Omni thinker with the toy model's tokenizer: no toy checkpoint "
+                       "is shipped in avlens/toy/checkpoint/ yet, so its answers mean nothing")
+    done(DEMO_STEPS[1])
+    clips, examples = demo_clips(n_clips, seed)
+    texts = [tasks.prompt_text(ex) for ex in examples]
+    done(DEMO_STEPS[2])
+    batches = {}
+    for column, modality in ZEROING.items():
+        shown = [c.zeroed(modality) if modality else c for c in clips]
+        batches[column] = model.prepare_media(texts, audio=[c.waveform for c in shown], video=[c.frames for c in shown],
+                                              fps=synth.FPS, use_audio_in_video=True)
+    done(DEMO_STEPS[3])
+    batch = batches["both"]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(batch)
+        done(DEMO_STEPS[4])
+        answers = {"both": answers_from_logits(model, logits, batch, examples)}
+        for column in list(ZEROING)[1:]:
+            answers[column] = answers_from_logits(model, model(batches[column]), batches[column], examples)
+    done(DEMO_STEPS[5])
+    summary = model.attention_group_summary(batch)
+    done(DEMO_STEPS[6])
+    return DemoRun(model, description, random, clips, examples, batch, logits, cache, answers, summary,
+                   time.time() - t0)
+
+
+def demo(out: str = "avlens-report", seed: int = 0, quiet: bool = False, n_clips: int = 6) -> Path:
+    """`avlens demo`: run the demo, write `out/index.html`, print a summary; returns the page's path."""
+    from tqdm.auto import tqdm
+
+    if n_clips < 1:
+        raise ValueError(f"n_clips must be at least 1, got {n_clips}")
+    t0 = time.time()
+    bar = tqdm(total=len(DEMO_STEPS), desc="avlens demo", unit="step", disable=quiet, file=sys.stderr)
+    bar.set_postfix_str(DEMO_STEPS[0])
+    run = run_demo(n_clips, seed, progress=bar)
+    path = build_demo_report(run).write(out)
+    run.seconds = time.time() - t0
+    bar.update(1)
+    bar.close()
+    if not quiet:
+        print(terminal_summary(run, path))
+    return path
+
+
+# ------------------------------------------------------------------------------------ summary
+
+
+def accuracy_line(run: DemoRun) -> str:
+    n = len(run.clips)
+    return ", ".join(f"{col} {sum(a.correct for a in ans)}/{n}" for col, ans in run.answers.items())
+
+
+def terminal_summary(run: DemoRun, path: Path) -> str:
+    model, batch = run.model, run.batch
+    lines = [f"avlens demo on {run.description}", f"  model   {model!r}"]
+    lines.append(f"  clips   {len(run.clips)}, {batch.shape[1]} tokens each "
+                 f"(A audio, V video, T text, S special; runs merged):")
+    lines += ["    " + ln for ln in repr(batch.layout).splitlines()]
+    lines.append("  answers (multiple choice, 4 options; greedy first token and its probability; x: wrong):")
+    cols = list(run.answers)
+    lines.append(f"    {'#':>2}  {'clip':<26} {'truth':<6} " + " ".join(f"{c:<14}" for c in cols))
+    for i, ex in enumerate(run.examples):
+        t = ex.truth
+        clip = f"{t.target} / {t.condition}"
+        cells = []
+        for c in cols:
+            a = run.answers[c][i]
+            tok = a.token if len(a.token) <= 8 else a.token[:7] + "~"
+            cells.append(f"{tok} ({a.prob:.2f}){'' if a.correct else ' x'}".ljust(14))
+        lines.append(f"    {i:>2}  {clip:<26} {ex.answer:<6} " + " ".join(cells))
+    lines.append(f"  accuracy  {accuracy_line(run)}")
+    hooks = [name for name, _ in _hook_table(run.cache)]
+    n_bytes = sum(t.numel() * t.element_size() for t in run.cache.values())
+    lines.append(f"  Cache: {len(run.cache)} activations, {n_bytes / 2**20:.2f} MiB; hook names per block: "
+                 + ", ".join(h for h in hooks if h.startswith("blocks."))[:200] + " ...")
+    lines.append(f"  report  {path} ({path.stat().st_size / 2**20:.1f} MiB, opens offline)")
+    lines.append(f"  time    {run.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def _hook_table(cache) -> list[tuple[str, str]]:
     """One row per distinct hook (block 0 stands for every block)."""
     rows = []
     for name, t in cache.items():
@@ -84,127 +228,205 @@ def _hook_table(cache, n_layers: int) -> list[tuple[str, str]]:
     return rows
 
 
-DEMO_CLIPS = (
-    ("dog", "clear"),
-    ("car", "audio_ambiguous"),
-    ("piano", "video_ambiguous"),
-    ("bird", "offscreen"),
-    ("bell", "silent"),
-    ("train", "distractor"),
-)
+# ------------------------------------------------------------------------------------ report
 
 
-def _toy_batch(model, n_clips: int, seed: int):
-    """A batch of multiple-choice questions on synthetic clips, and what each should answer."""
-    from avlens.data import synth, tasks
+def build_demo_report(run: DemoRun):
+    """The demo's `avlens.viz.Report`: summary, token layout, answers, an attention window,
+    attention between groups, the model card and the hook points."""
+    from avlens.viz import Report
 
-    clips = [synth.make_clip(cls, cond, seed=seed + i) for i, (cls, cond) in enumerate(DEMO_CLIPS[:n_clips])]
-    examples = [tasks.multiple_choice(c, seed=seed) for c in clips]
-    batch = model.prepare_media(
-        [tasks.prompt_text(ex) for ex in examples],
-        audio=[c.waveform for c in clips], video=[c.frames for c in clips], fps=synth.FPS, use_audio_in_video=True,
+    report = Report(
+        "avlens demo",
+        intro=f"<p>avlens on {html.escape(run.description)}.</p>",
+        banner=("This report was made with a tiny RANDOM model (no toy checkpoint is shipped yet): every answer "
+                "and attention pattern below is noise. The page shows what avlens computes, not what a model "
+                "learned.") if run.random else None,
     )
-    return batch, clips, examples
+    _summary_section(report, run)
+    _layout_section(report, run)
+    _answers_section(report, run)
+    _attention_section(report, run)
+    _flow_section(report, run)
+    _model_card_section(report, run)
+    _hooks_section(report, run)
+    return report
 
 
-def demo(out: str = "avlens_report.html", seed: int = 0, quiet: bool = False, n_clips: int = 4) -> str:
-    from tqdm.auto import tqdm
-
-    from avlens.toy import load_toy, toy_available
-
-    say = (lambda *a: None) if quiet else print
-    steps = tqdm(total=5, desc="avlens demo", disable=quiet, file=sys.stderr)
-    t0 = time.time()
-    answers = []
-    if toy_available():
-        model = load_toy()
-        what = "the shipped toy audio-visual model (avlens.load_toy())"
-        steps.update(1)
-        steps.set_postfix_str("prepare_media")
-        batch, clips, examples = _toy_batch(model, n_clips, seed)
-        steps.update(1)
-        steps.set_postfix_str("generate")
-        gen = model.generate(batch, max_new_tokens=1)
-        tok = model.tokenizer
-        for c, ex, t in zip(clips, examples, gen.tokens[:, 0].tolist()):
-            opts = " ".join(f"{l}.{o}" for l, o in zip("ABCD", ex.options))
-            answers.append((c.truth.target, c.truth.condition, opts, ex.answer, tok.decode([t]).strip()))
-    else:
-        model, cfg = _tiny_model(seed)
-        what = "a tiny RANDOM Qwen2.5-Omni-architecture thinker built in memory (no toy checkpoint is shipped yet)"
-        steps.update(1)
-        steps.set_postfix_str("prepare")
-        inputs, question_start = _clip_inputs(model, cfg, seed)
-        batch = model.prepare(**inputs)
-        batch = batch.with_group("question", list(range(question_start, batch.shape[1])))
-        steps.update(1)
-    steps.set_postfix_str("run_with_cache")
-    logits, cache = model.run_with_cache(batch)
-    steps.update(1)
-    steps.set_postfix_str("group summary")
-    summary = model.attention_group_summary(batch)
-    steps.update(1)
-    rows = _hook_table(cache, model.cfg.n_layers)
-    n_bytes = sum(t.numel() * t.element_size() for t in cache.values())
-    steps.update(1)
-    steps.close()
-
-    say(f"avlens demo on {what}\n")
-    say(model)
-    say("\nToken layout (A audio, V video, T text, S special, . pad; runs merged):")
-    say(batch)
-    if answers:
-        say("\nMultiple choice (4 options), greedy answer:")
-        for target, cond, opts, gold, pred in answers:
-            say(f"  {target:>6} / {cond:<16} {opts:<40} truth {gold}  model {pred}  {'ok' if gold == pred else 'WRONG'}")
-    say("\nHook points (blocks.{l}.* exist for every layer l; shapes are [batch, pos, ...]):")
-    width = max(len(r[0]) for r in rows)
-    for name, shape in rows:
-        say(f"  {name:<{width}}  {shape}")
-    say("  group views: append a group to any per-position hook, e.g. blocks.{l}.hook_resid_post.audio")
-    say(f"\nCache: {len(cache)} activations, {n_bytes / 2**20:.2f} MiB, logits {tuple(logits.shape)}")
-    say(summary)
-    _write_report(out, model, batch, rows, summary, n_bytes, len(cache), what, answers)
-    say(f"\nReport written to {out} ({time.time() - t0:.1f} s)")
-    return out
+def _clip_name(i: int, ex) -> str:
+    t = ex.truth
+    return f"{i}: {t.target} / {t.condition}" + (f" ({t.variant})" if t.variant else "")
 
 
-def _write_report(path, model, batch, rows, summary, n_bytes, n_hooks, what, answers) -> None:
-    import plotly.graph_objects as go
+def _summary_section(report, run: DemoRun) -> None:
+    m = run.model
+    n_params = sum(p.numel() for p in m.parameters())
+    n_bytes = sum(t.numel() * t.element_size() for t in run.cache.values())
+    report.add_section("Summary", id="summary")
+    report.add_table(None, [
+        ("model", repr(m)),
+        ("what", run.description),
+        ("backbone parameters", f"{n_params:,}"),
+        ("clips", f"{len(run.clips)} synthetic 4-second clips (avlens.data.synth), audio in video"),
+        ("tokens per clip", f"{run.batch.shape[1]}: {run.batch.layout.summary(0)}"),
+        ("answer accuracy", accuracy_line(run)),
+        ("cache", f"{len(run.cache)} activations, {n_bytes / 2**20:.2f} MiB"),
+        ("computed in", f"{run.seconds:.1f} s"),
+    ])
 
-    groups = summary.groups
-    v = summary.values.mean(1)  # [layer, Gq, Gk] averaged over heads
-    figs = []
-    for l in range(v.shape[0]):
-        fig = go.Figure(go.Heatmap(z=v[l].numpy(), x=groups, y=groups, colorscale="Viridis", zmin=0, zmax=1,
-                                   hovertemplate="query %{y} -> key %{x}: %{z:.3f}<extra></extra>"))
-        fig.update_layout(title=f"layer {l}: attention mass, query group (rows) -> key group (columns)",
-                          width=520, height=440, xaxis_title="key group", yaxis_title="query group")
-        figs.append(fig)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>avlens demo report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ddd;padding:2px 8px;font-family:monospace;font-size:12px}</style></head><body>",
-        "<h1>avlens demo report</h1>",
-        f"<p>avlens on {html.escape(what)}.</p>",
-        "<h2 id='toc'>Contents</h2><ol><li><a href='#model'>Model</a></li><li><a href='#layout'>Token layout</a></li>"
-        "<li><a href='#flow'>Attention between token groups</a></li><li><a href='#hooks'>Hook points</a></li></ol>",
-        f"<h2 id='model'>Model</h2><pre>{html.escape(repr(model))}</pre>",
-        f"<h2 id='layout'>Token layout</h2>{batch._repr_html_()}<pre>{html.escape(repr(batch.layout))}</pre>",
-        ("<h2 id='answers'>Answers</h2><table><tr><th>object</th><th>condition</th><th>options</th><th>truth</th><th>model</th></tr>"
-         + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{html.escape(c)}</td><td>{d}</td><td>{e}</td></tr>" for a, b, c, d, e in answers)
-         + "</table>") if answers else "",
-        "<h2 id='flow'>Attention between token groups</h2><p>Computed inside one forward pass with "
-        "<code>model.attention_group_summary(batch)</code>; full patterns are never kept.</p>",
-    ]
-    for i, fig in enumerate(figs):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    parts.append(f"<h2 id='hooks'>Hook points</h2><p>{n_hooks} activations cached, {n_bytes / 2**20:.2f} MiB. "
-                 "Group views: append a group to any per-position hook, e.g. <code>blocks.3.hook_resid_post.audio</code>.</p>")
-    parts.append("<table><tr><th>hook</th><th>shape</th></tr>" + "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{s}</td></tr>" for n, s in rows) + "</table></body></html>")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(parts))
+
+def _layout_section(report, run: DemoRun) -> None:
+    from avlens.viz import layout_strip_html
+
+    report.add_section("Token layout", id="layout")
+    report.add_text(
+        "Each clip's token sequence, coloured by token group. The clip is audio in video, so its media "
+        "is split into 2-second chunks, each holding that chunk's video tokens followed by its audio "
+        "tokens (25 per second), between the vision/audio start and end tokens. Hover a block for its "
+        "positions and time span.", "note")
+    report.add_html(layout_strip_html(run.batch.layout, [_clip_name(i, ex) for i, ex in enumerate(run.examples)]))
+    report.add_html(f"<pre>{html.escape(repr(run.batch.layout))}</pre>")
+
+
+def _answers_section(report, run: DemoRun) -> None:
+    from avlens.data import tasks
+
+    question = tasks.MC_QUESTION.format(options=" ".join(f"{x} . <option>" for x in "ABCD"))
+    report.add_section("Answers", id="answers")
+    report.add_text(
+        f"Each clip comes with a multiple-choice question: \"{question}\". The options include every "
+        "other object heard or seen in the clip. The model's answer is its greedy first token (with its "
+        "probability) at the answer position; p(truth) is its probability of the correct letter. "
+        "'audio zeroed' and 'video zeroed' run the same clip with that modality's raw input zeroed "
+        "(the unimodal-dominance protocol): the layout stays the same, only the content goes.", "note")
+    header = ["clip", "heard", "seen", "informative", "options", "truth"]
+    for col in run.answers:
+        header += [col, "p(truth)"]
+    rows, classes = [], []
+    for i, ex in enumerate(run.examples):
+        t = ex.truth
+        opts = " ".join(f"{tasks.LETTERS[j]}. {o}" for j, o in enumerate(ex.options))
+        row = [_clip_name(i, ex), ", ".join(t.heard) or "-", ", ".join(t.seen) or "-", t.informative, opts,
+               f"{ex.answer} ({t.target})"]
+        cls = ["", "", "", "", "mono", ""]
+        for col, ans in run.answers.items():
+            a = ans[i]
+            row += [str(a), f"{a.truth_prob:.2f}"]
+            cls += ["ok" if a.correct else "wrong", "num"]
+        rows.append(row)
+        classes.append(cls)
+    report.add_table(header, rows, classes)
+    report.add_text(f"Accuracy: {accuracy_line(run)}.")
+
+
+def _media_layer(run: DemoRun, sample: int) -> tuple[int, list[float]]:
+    """The layer whose heads (averaged) put the most attention from the answer position on media."""
+    lay = run.batch.layout
+    q = int(lay.positions("last", sample=sample)[0])
+    media = lay.mask("audio")[sample] | lay.mask("video")[sample] | lay.mask("image")[sample]
+    shares = []
+    for l in range(run.model.cfg.n_layers):
+        pat = run.cache[f"blocks.{l}.attn.hook_pattern"][sample, :, q]  # [head, key]
+        shares.append(float(pat[:, media.to(pat.device)].sum(-1).mean()))
+    return max(range(len(shares)), key=shares.__getitem__), shares
+
+
+def _attention_section(report, run: DemoRun, sample: int = 0) -> None:
+    from avlens.viz import attention_heatmap, attention_window, group_token_labels
+
+    lay = run.batch.layout
+    layer, shares = _media_layer(run, sample)
+    pos = attention_window(lay, sample)
+    labels = group_token_labels(lay, sample, pos.tolist(), run.model.to_str_tokens(run.batch, sample))
+    groups = [lay.labels(sample)[p] for p in pos.tolist()]
+    pattern = run.cache[f"blocks.{layer}.attn.hook_pattern"][sample].float().cpu()  # [head, q, k]
+    window = pattern[:, pos][:, :, pos]
+    last_chunk = lay.chunk[sample] == lay.chunk[sample].max()
+    n_audio = int((lay.mask("audio")[sample] & last_chunk).sum()) if int(lay.chunk[sample].max()) >= 0 else 0
+    thinned = groups.count("audio") < n_audio
+    report.add_section("Attention in a window", id="attention")
+    report.add_text(
+        f"Clip {_clip_name(sample, run.examples[sample])}, layer {layer}: the layer whose answer position puts "
+        "the most attention on media tokens (mean over heads, per layer: "
+        + ", ".join(f"{s:.2f}" for s in shares) + "). The window holds "
+        f"{len(pos)} of the clip's {lay.n_pos} positions: the last media chunk's video and audio tokens"
+        + (f" (audio thinned to {groups.count('audio')} of its {n_audio}, evenly spaced)" if thinned else "")
+        + ", then the question and the answer position. Labels start with the token's group (A audio, V video, "
+        "T text, S special; media tokens show their time stamp). Values are the model's attention weights; "
+        "weight on positions outside the window is not shown, so rows need not sum to 1.", "note")
+    report.add_attention(labels, window, head_names=[f"L{layer}H{h}" for h in range(window.shape[0])],
+                         caption="Per head (circuitsvis): hover a token to see where it attends.")
+    report.add_plotly(attention_heatmap(window.mean(0), labels, groups,
+                                        f"layer {layer}, mean over heads; bands: token group of key (top) and query (right)"))
+
+
+def _flow_section(report, run: DemoRun) -> None:
+    from avlens.viz import group_flow_figure
+
+    report.add_section("Attention between token groups", id="flow")
+    report.add_text(
+        "Mean attention mass from each query group (rows) to each key group (columns), per layer, heads and "
+        "clips averaged; computed inside one forward pass by model.attention_group_summary(batch), "
+        "without keeping full patterns.", "note")
+    s = run.summary
+    report.add_plotly(group_flow_figure(s.values.mean(1), s.groups, "attention mass, query group -> key group"))
+
+
+def eval_results(settings: dict) -> Optional[dict]:
+    """The evaluation results (the dict `avlens.toy.evaluate.evaluate` returns) in a checkpoint's
+    avlens_toy.json: at its top level or under "eval", "evaluation" or "model_card"; None if absent."""
+    for cand in (settings, *(settings.get(k) for k in ("eval", "evaluation", "model_card"))):
+        if isinstance(cand, dict) and isinstance(cand.get("results"), dict) and cand["results"]:
+            return cand
+    return None
+
+
+def _model_card_section(report, run: DemoRun) -> None:
+    from avlens.viz import table_from_markdown
+
+    m, c = run.model, run.model.cfg
+    report.add_section("Model card", id="model-card")
+    report.add_table(None, [
+        ("class", type(m).__name__),
+        ("layers", c.n_layers),
+        ("d_model", c.d_model),
+        ("heads (key/value heads)", f"{c.n_heads} ({c.n_key_value_heads})"),
+        ("d_head / d_mlp", f"{c.d_head} / {c.d_mlp}"),
+        ("vocabulary", c.d_vocab),
+        ("rotary", f"{c.rope_kind} {c.mrope_section or ''}"),
+        ("backbone parameters", f"{sum(p.numel() for p in m.parameters()):,}"),
+    ])
+    if run.random:
+        report.add_text("No toy checkpoint is shipped in this installation (avlens/toy/checkpoint/), so this model "
+                        "has no training and no evaluation results: see docs/toy_model.md.")
+        return
+    settings = getattr(m, "toy_settings", {}) or {}
+    training = settings.get("training") or {}
+    scalars = [(k, v) for k, v in training.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    if scalars:
+        report.add_html("<h3>Training</h3>")
+        report.add_table(None, scalars)
+    report.add_html("<h3>Evaluation</h3>")
+    res = eval_results(settings)
+    if res is None:
+        report.add_text("The checkpoint's avlens_toy.json holds no evaluation results; compute them with "
+                        "python -m avlens.toy.evaluate (see docs/toy_model.md).")
+        return
+    from avlens.toy.evaluate import markdown_table
+
+    report.add_text(f"Accuracy per task and condition on {res.get('n_clips', '?')} held-out clips (seed "
+                    f"{res.get('seed', '?')}), with both modalities and with one modality's raw input zeroed "
+                    "(python -m avlens.toy.evaluate).", "note")
+    report.add_html(table_from_markdown(markdown_table(res)))
+
+
+def _hooks_section(report, run: DemoRun) -> None:
+    rows = _hook_table(run.cache)
+    report.add_section("Hook points", id="hooks")
+    report.add_text("Every activation model.run_with_cache(batch) cached for the clips, block 0 standing for "
+                    "every block (blocks.{l}.* exists for each layer l); shapes are [batch, pos, ...]. Group views: "
+                    "append a group to any per-position hook, e.g. blocks.1.hook_resid_post.audio.")
+    report.add_table(("hook", "shape"), rows, [["mono", "mono"]] * len(rows))
 
 
 def info(path_or_id: str) -> None:
@@ -217,13 +439,21 @@ def info(path_or_id: str) -> None:
     print("\n".join(names))
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="avlens", description="Mechanistic interpretability for audio-visual LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run the demo and write the HTML report")
-    p_demo.add_argument("--out", default="avlens_report.html", help="where to write the HTML report")
+    p_demo = sub.add_parser("demo", help="run the demo and write the offline HTML report")
+    p_demo.add_argument("--out", default="avlens-report", help="folder to write the report to (index.html)")
+    p_demo.add_argument("--n-clips", type=_positive, default=6, help="how many synthetic clips (default 6)")
     p_demo.add_argument("--seed", type=int, default=0)
-    p_demo.add_argument("--quiet", action="store_true")
+    p_demo.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p_info = sub.add_parser("info", help="load a checkpoint and list its hook points")
     p_info.add_argument("path_or_id")
     sub.add_parser("train-toy", help="train the toy audio-visual model (see --help)", add_help=False)
@@ -235,7 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return train_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo(args.out, args.seed, args.quiet)
+        demo(args.out, args.seed, args.quiet, args.n_clips)
     elif args.command == "info":
         info(args.path_or_id)
     return 0
