@@ -1,5 +1,5 @@
 # Two entry points, each working on a fresh machine from a fresh clone:
-#   make demo   - install (if needed) and run `avlens demo`, writing avlens_report.html
+#   make demo   - install (if needed) and run `avlens demo`, writing avlens-report/index.html
 #   make test   - install (if needed) and run the test suite
 # The virtual environment lives in .venv. On a machine without torch, the CPU wheel
 # torch==2.13.0 is installed first (a plain `torch` requirement would pull a multi-GB CUDA
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/avlens demo --out avlens_report.html
+	$(VENV)/bin/avlens demo --out avlens-report
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -30,4 +30,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_forward.py
 
 clean:
-	rm -rf $(VENV) *.egg-info avlens_report.html
+	rm -rf $(VENV) *.egg-info avlens-report
