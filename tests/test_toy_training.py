@@ -62,3 +62,35 @@ def test_evaluation_runs_per_mode_task_and_condition(smoke):
 def test_load_toy_names_the_fix_when_no_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="train-toy"):
         load_toy(path=str(tmp_path))
+
+
+def test_training_is_deterministic_for_a_seed():
+    cfg = TrainConfig(n_clips=8, steps=2, batch_size=4, d_model=64, n_layers=2, d_mlp=128)
+    a = train(cfg, None, verbose=False)["model"].state_dict()
+    b = train(cfg, None, verbose=False)["model"].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = train(TrainConfig(**{**cfg.__dict__, "seed": 1}), None, verbose=False)["model"].state_dict()
+    assert not torch.equal(a["lm_head.weight"], c["lm_head.weight"])
+
+
+def test_fan_in_initialisation_scales_weights():
+    from avlens.toy.train import init_weights
+
+    cfg = TrainConfig(n_clips=8, steps=0, d_model=64, n_layers=2, d_mlp=128)
+    model = train(cfg, None, verbose=False)["model"]
+    init_weights(model, cfg)
+    w = model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert abs(float(w.std()) * 64**0.5 - 1.0) < 0.05  # N(0, 1 / fan_in), not HF's N(0, 0.02^2)
+    assert abs(float(model.model.language_model.embed_tokens.weight.std()) - 1.0) < 0.05
+
+
+def test_add_evaluation_stores_the_model_card_results(smoke):
+    import json
+
+    from avlens.toy.train import add_evaluation
+
+    out, _ = smoke
+    add_evaluation(str(out), n_clips=3, verbose=False)
+    settings = json.loads((out / "avlens_toy.json").read_text())
+    assert "both/multiple_choice/all" in settings["evaluation"]["results"]
+    assert settings["training"]["n_examples"] > 0

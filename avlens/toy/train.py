@@ -38,9 +38,9 @@ MIN_PIXELS = MAX_PIXELS = 56 * 56
 class TrainConfig:
     n_clips: int = 3600
     n_eval_clips: int = 360
-    steps: int = 3000
+    steps: int = 5000
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
     seed: int = 0
@@ -50,7 +50,31 @@ class TrainConfig:
     n_heads: int = 4
     n_kv_heads: int = 2
     d_mlp: int = 512
+    init_gain: float = 1.0
+    embed_std: float = 1.0
     log_every: int = 100
+
+
+def init_weights(model, cfg: TrainConfig) -> None:
+    """Fan-in initialisation: every linear and convolution weight ~ N(0, init_gain^2 / fan_in), biases
+    zero, embeddings ~ N(0, embed_std^2); norms keep HF's ones, the audio tower's sinusoidal
+    positions stay fixed.
+
+    Hugging Face's default (N(0, 0.02^2) everywhere) is far below 1/sqrt(fan_in) at these widths:
+    attention scores start near zero, the query and key gradients are ~100x smaller than the value
+    gradients, and the model stays on a plateau where it never binds a question's words to the
+    media (measured: 3000 steps at lr 2e-3 left the multiple choice at chance). With fan-in scaling
+    the same data reach 100 % on clear multiple choice in about 1400 steps."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * (cfg.init_gain / fan_in**0.5))
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * cfg.embed_std)
 
 
 def toy_thinker_config(tokenizer, cfg: TrainConfig):
@@ -160,6 +184,7 @@ def train(cfg: TrainConfig, out_dir: Optional[str] = None, verbose: bool = True)
     hf_cfg = toy_thinker_config(tokenizer, cfg)
     hf_cfg._attn_implementation = "sdpa"
     model = Qwen2_5OmniThinkerForConditionalGeneration(hf_cfg)
+    init_weights(model, cfg)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -218,12 +243,37 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="checkpoint folder to write (default: do not save)")
     for field, default in asdict(TrainConfig()).items():
         p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
+    p.add_argument("--eval-clips", type=int, default=360,
+                   help="after saving, evaluate on this many held-out clips (seed 1000) and store the model card's "
+                        "results in avlens_toy.json (0: skip)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
     res = train(cfg, args.out, verbose=not args.quiet)
     print(json.dumps({k: v for k, v in res.items() if k not in ("model", "tokenizer")}, indent=1))
+    if args.out and args.eval_clips > 0:
+        add_evaluation(args.out, n_clips=args.eval_clips, verbose=not args.quiet)
     return 0
+
+
+def add_evaluation(out_dir: str, n_clips: int = 360, seed: int = 1000, verbose: bool = True) -> dict:
+    """Evaluate the saved checkpoint (`avlens.toy.evaluate`) and store the results under
+    "evaluation" in its avlens_toy.json (what the model card and `avlens demo` report)."""
+    from avlens.toy import load_toy
+    from avlens.toy.evaluate import evaluate, markdown_table
+
+    t0 = time.time()
+    res = evaluate(load_toy(path=out_dir), n_clips=n_clips, seed=seed, verbose=verbose)
+    res["seconds"] = time.time() - t0
+    path = os.path.join(out_dir, "avlens_toy.json")
+    with open(path) as f:
+        settings = json.load(f)
+    settings["evaluation"] = res
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=1)
+    if verbose:
+        print(markdown_table(res))
+    return res
 
 
 if __name__ == "__main__":
