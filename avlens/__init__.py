@@ -10,7 +10,7 @@
 
 from avlens.batch import AVBatch
 from avlens.config import AVConfig
-from avlens.families import HookedQwen2_5Omni
+from avlens.families import AVAdapter, HookedGenericAV, HookedQwen2_5Omni
 from avlens.layout import PARTITION_GROUPS, BatchLayout, GroupPositions, TokenLayout
 from avlens.model import AttentionGroupSummary, GenerateOutput, HookedAVTransformer, KVCache
 from avlens.toy import load_toy
@@ -18,6 +18,7 @@ from avlens.toy import load_toy
 __version__ = "0.1.0"
 
 __all__ = [
+    "AVAdapter",
     "AVBatch",
     "AVConfig",
     "AttentionGroupSummary",
@@ -25,6 +26,7 @@ __all__ = [
     "GenerateOutput",
     "GroupPositions",
     "HookedAVTransformer",
+    "HookedGenericAV",
     "HookedQwen2_5Omni",
     "KVCache",
     "PARTITION_GROUPS",

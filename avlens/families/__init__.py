@@ -4,8 +4,9 @@ dispatch."""
 
 from __future__ import annotations
 
+from avlens.families.generic import AVAdapter, HookedGenericAV
 from avlens.families.qwen2_5_omni import HookedQwen2_5Omni
-from avlens.model.registry import family_for_checkpoint, family_for_hf_model, register_family, supported
+from avlens.model.registry import family_for_checkpoint, family_for_hf_model, register_family, register_lm_family, supported
 
 register_family(
     HookedQwen2_5Omni,
@@ -13,6 +14,13 @@ register_family(
     model_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
 )
 
+register_lm_family(HookedGenericAV)
+register_family(
+    HookedGenericAV,
+    hf_classes=("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM", "Qwen2_5_VLForConditionalGeneration"),
+    model_types=("qwen2", "llama", "mistral", "qwen3", "qwen2_5_vl"),
+)
+
 SUPPORTED = supported()
 
-__all__ = ["HookedQwen2_5Omni", "family_for_hf_model", "family_for_checkpoint", "SUPPORTED"]
+__all__ = ["AVAdapter", "HookedGenericAV", "HookedQwen2_5Omni", "family_for_hf_model", "family_for_checkpoint", "SUPPORTED"]

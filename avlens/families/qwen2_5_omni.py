@@ -31,6 +31,7 @@ from avlens.config import AVConfig
 from avlens.layout import BatchLayout
 from avlens.model.hooked import HookedAVTransformer
 from avlens.model.components import Rotary
+from avlens.families.hf_backbone import share_decoder_weights
 
 _IGNORED_PROCESSOR_KEYS = {"token_type_ids"}
 
@@ -162,17 +163,7 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         cfg.tie_word_embeddings = False  # the lm_head module is shared as it is (tied or not)
         with torch.device("meta"):
             model = cls(cfg, tokenizer=tokenizer)
-        lm = thinker.model.language_model
-        model.embed.W_E = lm.embed_tokens.weight
-        for block, layer in zip(model.blocks, lm.layers):
-            a, h = block.attn, layer.self_attn
-            a.q_proj, a.k_proj, a.v_proj, a.o_proj = h.q_proj, h.k_proj, h.v_proj, h.o_proj
-            block.ln1.w, block.ln1.eps = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
-            block.ln2.w, block.ln2.eps = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
-            m = layer.mlp
-            block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj = m.gate_proj, m.up_proj, m.down_proj
-        model.ln_final.w, model.ln_final.eps = lm.norm.weight, lm.norm.variance_epsilon
-        model.unembed.lm_head = thinker.lm_head
+        share_decoder_weights(model, thinker.model.language_model, thinker.lm_head)
         model.rotary = Rotary(cfg).to(p.device)
         model.audio_tower = HookedEncoder(thinker.model.audio_tower)
         model.visual = HookedEncoder(thinker.model.visual)

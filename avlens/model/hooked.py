@@ -26,7 +26,7 @@ from avlens.config import AVConfig
 from avlens.layout import PARTITION_GROUPS, BatchLayout
 from avlens.model.components import AttentionMask, KVCache, RMSNorm, Rotary, TransformerBlock
 from avlens.model.hook_points import AVHookPoint, GroupViewHookPoint, RunState
-from avlens.model.registry import family_for_checkpoint, family_for_hf_model
+from avlens.model.registry import family_for_checkpoint, family_for_hf_model, lm_family
 from avlens.model.summary import AttentionGroupSummary, GroupSummaryCollector
 
 ModelInput = Union[AVBatch, Tensor, str, Sequence[str]]
@@ -738,6 +738,15 @@ class HookedAVTransformer(HookedRootModule):
         if cls is not HookedAVTransformer:
             raise NotImplementedError(f"{cls.__name__} does not implement from_hf")
         return family_for_hf_model(hf_model).from_hf(hf_model, **kwargs)
+
+    @classmethod
+    def from_hf_lm(cls, lm, adapter=None, **kwargs) -> "HookedAVTransformer":
+        """Hook an AVLLM by its Hugging Face language model (Qwen2 / Qwen2.5(-VL) / Llama / Mistral /
+        Qwen3 decoder; weights shared) and an optional `AVAdapter` that encodes its media. See
+        `avlens.families.generic` and docs/families.md ("Writing an adapter")."""
+        if cls is not HookedAVTransformer:
+            raise NotImplementedError(f"{cls.__name__} does not wrap bare language models; use HookedAVTransformer.from_hf_lm")
+        return lm_family().from_hf_lm(lm, adapter, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, **kwargs) -> "HookedAVTransformer":

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 _BY_HF_CLASS: dict[str, type] = {}
 _BY_MODEL_TYPE: dict[str, type] = {}
+_LM_FAMILY: list[type] = []  # the family that wraps a bare Hugging Face language model
 
 
 def register_family(family: type, hf_classes: Iterable[str], model_types: Iterable[str]) -> type:
@@ -20,6 +21,18 @@ def register_family(family: type, hf_classes: Iterable[str], model_types: Iterab
     for mt in model_types:
         _BY_MODEL_TYPE[mt] = family
     return family
+
+
+def register_lm_family(family: type) -> type:
+    """The family `HookedAVTransformer.from_hf_lm` builds (the generic backbone family)."""
+    _LM_FAMILY[:] = [family]
+    return family
+
+
+def lm_family() -> type:
+    if not _LM_FAMILY:
+        raise RuntimeError("no language-model family is registered; import avlens (which imports avlens.families)")
+    return _LM_FAMILY[0]
 
 
 def supported() -> list[str]:
