@@ -183,3 +183,32 @@ def group_flow_figure(values: Tensor, groups: Sequence[str], title: str = ""):
     fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1),
                       width=min(1150, 300 * cols + 150), height=300 * rows + 80)
     return fig
+
+
+def score_map_figure(scores: Tensor, groups: Sequence[str], marked: Optional[Tensor] = None, title: str = "",
+                     colorbar_title: str = "", y_title: str = "layer"):
+    """A plotly heatmap of per-(row, position) scores `[rows, positions]` (rows are layers by
+    default) with a band in each position's group colour along the top; `marked` (bool, same
+    shape) cells get a dot."""
+    import plotly.graph_objects as go
+
+    z = scores.detach().float().cpu().numpy()
+    n_rows, n = z.shape
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n)), y=list(range(n_rows)), colorscale="Viridis", colorbar=dict(title=colorbar_title, x=1.02),
+        customdata=[[groups[p] for p in range(n)]] * n_rows,
+        hovertemplate=f"{y_title} %{{y}}, position %{{x}} (%{{customdata}}): %{{z:.3g}}<extra></extra>",
+    ))
+    if marked is not None and bool(marked.any()):
+        r, c = marked.nonzero(as_tuple=True)
+        fig.add_trace(go.Scatter(x=c.tolist(), y=r.tolist(), mode="markers", name="marked",
+                                 marker=dict(color="white", size=5, line=dict(color="black", width=1))))
+    shapes = [dict(type="rect", xref="x", yref="paper", x0=a - 0.5, x1=b - 0.5, y0=1.01, y1=1.05,
+                   fillcolor=GROUP_COLORS.get(g, "#444"), line_width=0) for g, a, b in _runs(groups)]
+    for g in dict.fromkeys(groups):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=g,
+                                 marker=dict(color=GROUP_COLORS.get(g, "#444"), symbol="square", size=11)))
+    fig.update_layout(title=title, shapes=shapes, xaxis=dict(title="position"), yaxis=dict(title=y_title),
+                      legend=dict(orientation="h", y=-0.25, x=0), width=1000, height=180 + 22 * n_rows,
+                      margin=dict(t=80))
+    return fig
