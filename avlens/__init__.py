@@ -10,7 +10,7 @@
 
 from avlens.batch import AVBatch
 from avlens.config import AVConfig
-from avlens.families import AVAdapter, HookedGenericAV, HookedQwen2_5Omni
+from avlens.families import AVAdapter, HookedGenericAV, HookedQwen2_5Omni, HookedQwen3Omni
 from avlens.layout import PARTITION_GROUPS, BatchLayout, GroupPositions, TokenLayout
 from avlens.model import AttentionGroupSummary, GenerateOutput, HookedAVTransformer, KVCache
 from avlens.toy import load_toy
@@ -28,6 +28,7 @@ __all__ = [
     "HookedAVTransformer",
     "HookedGenericAV",
     "HookedQwen2_5Omni",
+    "HookedQwen3Omni",
     "KVCache",
     "PARTITION_GROUPS",
     "TokenLayout",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from avlens.families.generic import AVAdapter, HookedGenericAV
 from avlens.families.qwen2_5_omni import HookedQwen2_5Omni
+from avlens.families.qwen3_omni import HookedQwen3Omni
 from avlens.model.registry import family_for_checkpoint, family_for_hf_model, register_family, register_lm_family, supported
 
 register_family(
@@ -14,6 +15,11 @@ register_family(
     model_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
 )
 
+register_family(
+    HookedQwen3Omni,
+    hf_classes=("Qwen3OmniMoeThinkerForConditionalGeneration", "Qwen3OmniMoeForConditionalGeneration"),
+    model_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
+)
 register_lm_family(HookedGenericAV)
 register_family(
     HookedGenericAV,
@@ -23,4 +29,4 @@ register_family(
 
 SUPPORTED = supported()
 
-__all__ = ["AVAdapter", "HookedGenericAV", "HookedQwen2_5Omni", "family_for_hf_model", "family_for_checkpoint", "SUPPORTED"]
+__all__ = ["AVAdapter", "HookedGenericAV", "HookedQwen2_5Omni", "HookedQwen3Omni", "family_for_hf_model", "family_for_checkpoint", "SUPPORTED"]

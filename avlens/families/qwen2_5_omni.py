@@ -101,6 +101,11 @@ class HookedQwen2_5Omni(HookedAVTransformer):
     """Qwen2.5-Omni thinker with TMRoPE, audio/video/image towers and audio-in-video layouts."""
 
     encoder_hook_prefixes = ("audio_tower.", "visual.")
+    position_dtype = torch.long  # Hugging Face's get_rope_index gives integer ids here
+
+    def audio_token_lengths(self, n_frames: Tensor) -> Tensor:
+        """Audio tokens the tower makes from each audio's number of valid mel frames."""
+        return self.audio_tower.hf._get_feat_extract_output_lengths(n_frames)[1]
 
     # ---------------------------------------------------------------------------------- config
     @staticmethod
@@ -345,8 +350,7 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         audio_lens = None
         if input_features is not None:
             fam = feature_attention_mask.to(dev)
-            _, audio_lens = self.audio_tower.hf._get_feat_extract_output_lengths(fam.sum(1))
-            audio_lens = audio_lens.tolist()
+            audio_lens = self.audio_token_lengths(fam.sum(1)).tolist()
         spg = None
         if video_second_per_grid is not None:
             spg = torch.as_tensor(video_second_per_grid)
@@ -385,7 +389,7 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         if self.tokenizer is not None:
             str_tokens = [[self.tokenizer.decode([i]) for i in row] for row in input_ids.tolist()]
         layout = BatchLayout(masks, time=time, chunk=chunk, media_index=media_index, str_tokens=str_tokens)
-        return AVBatch(
+        return self.make_batch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
@@ -407,19 +411,33 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             features["video"] = self.encode_visual(raw["pixel_values_videos"].to(dev), raw["video_grid_thw"].to(dev))
         return features
 
-    def embed_batch(self, batch: AVBatch) -> Tensor:
-        if (self.audio_tower.hooked or self.visual.hooked) and batch.features:
-            if batch.inputs_embeds is not None or not batch.raw:
-                raise ValueError(
-                    "a hook is attached to audio_tower/visual, but this batch carries no raw media "
-                    "inputs to run the encoders on (it was not built by prepare, or was sliced). "
-                    "Build it with model.prepare(...)."
-                )
-            fresh = self.encode_media(batch.raw)
-            batch = AVBatch(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                layout=batch.layout, features={**batch.features, **fresh}, rope_deltas=batch.rope_deltas,
+    def make_batch(self, **fields) -> AVBatch:
+        """The `AVBatch` of `prepare` (a family whose encoders give more than the spliced features
+        overrides this)."""
+        return AVBatch(**fields)
+
+    @property
+    def encoders_hooked(self) -> bool:
+        return self.audio_tower.hooked or self.visual.hooked
+
+    def reencoded(self, batch: AVBatch) -> AVBatch:
+        """The batch with its media features computed afresh from its raw inputs (so hooks on the
+        encoders take effect)."""
+        if batch.inputs_embeds is not None or not batch.raw:
+            raise ValueError(
+                "a hook is attached to audio_tower/visual, but this batch carries no raw media "
+                "inputs to run the encoders on (it was not built by prepare, or was sliced). "
+                "Build it with model.prepare(...)."
             )
+        fresh = self.encode_media(batch.raw)
+        return self.make_batch(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            layout=batch.layout, features={**batch.features, **fresh}, rope_deltas=batch.rope_deltas,
+        )
+
+    def embed_batch(self, batch: AVBatch) -> Tensor:
+        if self.encoders_hooked and batch.features:
+            batch = self.reencoded(batch)
         return super().embed_batch(batch)
 
     def prepare_media(self, text, audio=None, video=None, images=None, fps=2.0, sampling_rate: int = 16000,
@@ -442,11 +460,11 @@ class HookedQwen2_5Omni(HookedAVTransformer):
     def _positions_and_times(self, input_ids: Tensor, attention_mask: Tensor, cursor: _MediaCursor, use_audio_in_video: bool):
         b, n = input_ids.shape
         dev = input_ids.device
-        positions = torch.ones(3, b, n, dtype=torch.long)
+        positions = torch.ones(3, b, n, dtype=self.position_dtype)
         time = torch.full((b, n), float("nan"))
         chunk = torch.full((b, n), -1, dtype=torch.long)
         media_index = torch.full((b, n), -1, dtype=torch.long)
-        deltas = torch.zeros(b, 1, dtype=torch.long)
+        deltas = torch.zeros(b, 1, dtype=self.position_dtype)
         has_grid = cursor.video_grids is not None or cursor.image_grids is not None
         for i in range(b):
             valid = attention_mask[i].bool().cpu()
@@ -456,10 +474,11 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             time[i, valid] = tm
             chunk[i, valid] = ch
             media_index[i, valid] = mi
-            deltas[i, 0] = int(pos.max()) + 1 - len(ids) if len(ids) else 0
+            deltas[i, 0] = pos.max() + 1 - len(ids) if len(ids) else 0
         if not has_grid:
             # Hugging Face's text/audio path: running count, padding at 1 (equal on real tokens)
             positions, deltas = self.text_positions(attention_mask.cpu())
+            positions, deltas = positions.to(self.position_dtype), deltas.to(self.position_dtype)
         return positions.to(dev), time.to(dev), chunk.to(dev), media_index.to(dev), deltas.to(dev)
 
     def _vision_positions(self, grid: list[int], t_index: Tensor, start: int) -> Tensor:

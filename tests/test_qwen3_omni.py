@@ -1,0 +1,196 @@
+"""`HookedQwen3Omni` against Hugging Face's `Qwen3OmniMoeThinkerForConditionalGeneration` on a tiny
+random thinker (MoE + dense layers, q/k norm, interleaved M-RoPE with fractional temporal ids,
+DeepStack, AuT audio tower; float32, eager attention, eager experts):
+
+* logits <= 1e-4 and 3-D positions / rope_deltas equal to HF's `get_rope_index` for text, audio,
+  image, video, audio+video, audio-in-video and image+video, batch 1 and a left-padded batch 2;
+* MoE: `hook_router_logits` equals HF's router output; zeroing an expert's column of
+  `hook_expert_weights` equals HF with that expert's `down_proj` zeroed; per-expert hooks see the
+  positions HF's top-k routes to them;
+* DeepStack: `blocks.{l}.hook_deepstack` holds HF's `deepstack_visual_embeds[l]` at the visual
+  positions (captured from HF's language model call), `resid_post[l] != resid_pre[l + 1]`, and the
+  `AVActivationCache.decompose_resid` stack sums to the residual stream;
+* greedy `generate` equals HF `generate` (float rope deltas continue the positions).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import avlens
+import qwen3_reference as Q
+from avlens.model.cache import AVActivationCache
+
+BATCHES = [1, 2]
+
+
+@pytest.fixture(scope="module")
+def q3():
+    hf = Q.make_thinker()
+    return hf, avlens.HookedAVTransformer.from_hf(hf, token_ids=Q.token_ids())
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("kind", Q.CASES)
+def test_qwen3_omni_logits_and_positions_equal_hf_thinker(kind, batch, q3):
+    hf, model = q3
+    inputs = Q.make_inputs(kind, batch)
+    ref = Q.hf_logits(hf, inputs)
+    pos, deltas = Q.hf_rope_index(hf, inputs)
+    b = model.prepare(**inputs)
+    got = model(b)
+    valid = inputs["attention_mask"].bool()
+    assert (got[valid] - ref[valid]).abs().max().item() <= 1e-4
+    assert b.position_ids.dtype == torch.float32
+    assert torch.equal(b.position_ids[:, valid], pos[:, valid])
+    assert torch.equal(b.rope_deltas.float(), deltas.float())
+    ids = inputs["input_ids"]
+    for group, tid in (("audio", Q.IDS["audio"]), ("video", Q.IDS["video"]), ("image", Q.IDS["image"])):
+        assert torch.equal(b.layout.mask(group), (ids == tid) & valid)
+
+
+def test_qwen3_omni_interleaved_audio_in_video_layout_is_a_time_merge(q3):
+    """In the audio-in-video block the video grids and audio tokens alternate by time, and the
+    layout's time stamps are non-decreasing across the merged block (checked against the
+    processor-style layout built in qwen3_reference)."""
+    hf, model = q3
+    b = model.prepare(**Q.make_inputs("audio_in_video", 1))
+    media = b.layout.mask("audio")[0] | b.layout.mask("video")[0]
+    t = b.layout.time[0, media]
+    kinds = b.layout.labels(0)
+    runs = sum(1 for i in range(1, len(kinds)) if kinds[i] != kinds[i - 1] and kinds[i] in ("audio", "video"))
+    assert runs > 4  # several video/audio alternations, not [all video][all audio]
+    assert bool((t[1:] >= t[:-1] - 1 / Q.PPS - 1e-6).all())
+
+
+def _capture_router_logits(hf, inputs):
+    got = {}
+    handles = []
+    for l, layer in enumerate(hf.model.language_model.layers):
+        if hasattr(layer.mlp, "gate"):
+            handles.append(layer.mlp.gate.register_forward_hook(lambda mod, a, out, l=l: got.__setitem__(l, out[0])))
+    try:
+        Q.hf_logits(hf, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def test_moe_router_logits_and_expert_routing_equal_hf(q3):
+    hf, model = q3
+    inputs = Q.make_inputs("audio_video", 1)
+    ref = _capture_router_logits(hf, inputs)
+    assert sorted(ref) == [0, 2]  # layer 1 is dense (mlp_only_layers)
+    names = [f"blocks.{l}.mlp.hook_router_logits" for l in ref] + [f"blocks.0.mlp.experts.{e}.hook_out" for e in range(8)]
+    _, cache = model.run_with_cache(model.prepare(**inputs), names_filter=names)
+    for l, logits in ref.items():
+        torch.testing.assert_close(cache[f"blocks.{l}.mlp.hook_router_logits"][0], logits, rtol=0, atol=1e-5)
+    top = ref[0].topk(2, dim=-1).indices
+    for e in range(8):
+        n_routed = int((top == e).any(-1).sum())
+        name = f"blocks.0.mlp.experts.{e}.hook_out"
+        assert (cache[name].shape[0] if name in cache.cache_dict else 0) == n_routed
+
+
+def test_zeroing_an_expert_weight_equals_hf_with_that_expert_removed(q3):
+    hf, model = q3
+    inputs = Q.make_inputs("video", 1)
+    e, layer = 3, 2
+    hf_layer = hf.model.language_model.layers[layer].mlp.experts
+    saved = hf_layer.down_proj.data[e].clone()
+    try:
+        hf_layer.down_proj.data[e] = 0
+        ref = Q.hf_logits(hf, inputs)
+    finally:
+        hf_layer.down_proj.data[e] = saved
+
+    def ablate(w, hook):
+        w[..., e] = 0
+        return w
+
+    got = model.run_with_hooks(model.prepare(**inputs), fwd_hooks=[(f"blocks.{layer}.mlp.hook_expert_weights", ablate)])
+    assert (got - ref).abs().max().item() <= 1e-4
+    assert (got - Q.hf_logits(hf, inputs)).abs().max().item() > 1e-3  # the expert mattered
+
+
+def test_deepstack_hook_holds_hf_deepstack_embeds_and_decompose_resid_includes_it(q3):
+    hf, model = q3
+    inputs = Q.make_inputs("image_video", 2)
+    seen = {}
+
+    def grab(mod, args, kwargs):
+        seen["embeds"] = kwargs["deepstack_visual_embeds"]
+        seen["mask"] = kwargs["visual_pos_masks"]
+
+    h = hf.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        Q.hf_logits(hf, inputs)
+    finally:
+        h.remove()
+    _, cache = model.run_with_cache(model.prepare(**inputs))
+    assert isinstance(cache, AVActivationCache)
+    assert "blocks.2.hook_deepstack" not in model.hook_dict  # two levels: after layers 0 and 1
+    mask = seen["mask"]
+    for l, emb in enumerate(seen["embeds"]):
+        term = cache[f"blocks.{l}.hook_deepstack"]
+        torch.testing.assert_close(term[mask], emb, rtol=0, atol=1e-5)
+        assert bool((term[~mask] == 0).all())
+        gap = cache[f"blocks.{l + 1}.hook_resid_pre"] - cache[f"blocks.{l}.hook_resid_post"]
+        torch.testing.assert_close(gap, term, rtol=0, atol=1e-6)
+    for layer in range(model.cfg.n_layers + 1):
+        stack, labels = cache.decompose_resid(layer, return_labels=True)
+        target = cache[f"blocks.{layer}.hook_resid_pre"] if layer < model.cfg.n_layers else cache["blocks.2.hook_resid_post"]
+        torch.testing.assert_close(stack.sum(0), target, rtol=0, atol=1e-5)
+        assert ("0_deepstack" in labels) == (layer >= 1)
+
+
+def test_deepstack_batch_survives_select_and_a_plain_batch_is_refused(q3):
+    hf, model = q3
+    inputs = Q.make_inputs("video", 2)
+    batch = model.prepare(**inputs)
+    full = model(batch)
+    one = model(batch.select([1]))
+    valid = inputs["attention_mask"][1].bool()
+    assert (one[0, valid] - full[1, valid]).abs().max().item() <= 1e-5
+    plain = avlens.AVBatch(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+        layout=batch.layout, features=batch.features, rope_deltas=batch.rope_deltas,
+    )
+    with pytest.raises(ValueError, match="no DeepStack features"):
+        model(plain)
+
+
+def test_visual_encoder_hook_reencodes_with_deepstack(q3):
+    hf, model = q3
+    inputs = Q.make_inputs("image", 1)
+    ref = Q.hf_logits(hf, inputs)
+    got = model.run_with_hooks(model.prepare(**inputs), fwd_hooks=[("visual.hook_in", lambda x, hook: x)])
+    assert (got - ref).abs().max().item() <= 1e-4
+    zero = model.run_with_hooks(model.prepare(**inputs), fwd_hooks=[("visual.hook_in", lambda x, hook: x * 0)])
+    assert (zero - ref).abs().max().item() > 1e-3
+
+
+def test_qwen3_omni_greedy_generate_equals_hf_generate(q3):
+    hf, model = q3
+    inputs = Q.make_inputs("audio_in_video", 1)
+    hf.model.rope_deltas = None
+    with torch.no_grad():
+        ref = hf.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True,
+                          return_dict_in_generate=True, pad_token_id=Q.IDS["pad"], eos_token_id=None)
+    out = model.generate(model.prepare(**inputs), max_new_tokens=4)
+    n = inputs["input_ids"].shape[1]
+    assert torch.equal(out.tokens, ref.sequences[:, n:])
+    torch.testing.assert_close(out.logits, torch.stack(ref.logits, 1), rtol=0, atol=1e-4)
+
+
+def test_qwen3_omni_from_pretrained_thinker_checkpoint_gives_hf_logits(q3, tmp_path):
+    hf, _ = q3
+    hf.save_pretrained(tmp_path)
+    model = avlens.HookedAVTransformer.from_pretrained(str(tmp_path), token_ids=Q.token_ids(), attn_implementation="eager")
+    assert type(model).__name__ == "HookedQwen3Omni"
+    inputs = Q.make_inputs("audio_in_video", 1)
+    with torch.no_grad():
+        got = model(model.prepare(**inputs))
+    assert (got - Q.hf_logits(hf, inputs)).abs().max().item() <= 1e-4
