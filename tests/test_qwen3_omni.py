@@ -194,3 +194,15 @@ def test_qwen3_omni_from_pretrained_thinker_checkpoint_gives_hf_logits(q3, tmp_p
     with torch.no_grad():
         got = model(model.prepare(**inputs))
     assert (got - Q.hf_logits(hf, inputs)).abs().max().item() <= 1e-4
+
+
+def test_fold_ln_keeps_qwen3_omni_logits_and_leaves_hf_unchanged():
+    hf = Q.make_thinker(seed=2)
+    model = avlens.HookedAVTransformer.from_hf(hf, token_ids=Q.token_ids())
+    inputs = Q.make_inputs("video", 1)
+    ref = Q.hf_logits(hf, inputs)
+    model.fold_ln()
+    with torch.no_grad():
+        got = model(model.prepare(**inputs))
+    assert (got - ref).abs().max().item() <= 1e-4
+    assert (Q.hf_logits(hf, inputs) - ref).abs().max().item() == 0

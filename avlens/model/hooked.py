@@ -316,7 +316,10 @@ class HookedAVTransformer(HookedRootModule):
             w1, w2 = b.ln1.w, b.ln2.w
             a, m = b.attn, b.mlp
             a.q_proj, a.k_proj, a.v_proj = folded(a.q_proj, w1), folded(a.k_proj, w1), folded(a.v_proj, w1)
-            m.gate_proj, m.up_proj = folded(m.gate_proj, w2), folded(m.up_proj, w2)
+            if hasattr(m, "fold_norm"):  # mixture-of-experts MLPs fold into router and experts
+                m.fold_norm(w2)
+            else:
+                m.gate_proj, m.up_proj = folded(m.gate_proj, w2), folded(m.up_proj, w2)
             b.ln1.folded = b.ln2.folded = True
         if not self.ln_final.folded:
             self.unembed.lm_head = folded(self.unembed.lm_head, self.ln_final.w)
