@@ -859,12 +859,20 @@ def media_inputs(
             token ids: a list of ints or a list of lists (one per sample, unpadded).
         audio / video / images: one item or a list (in prompt order across the batch; with
             `use_audio_in_video`, a video's audio track sits at its video's place in `audio`).
+            Audio and video items may be file paths (decoded with PyAV, `avlens.data.files`):
+            audio is resampled to the extractor's rate, video frames are sampled at `fps` (the
+            effective rate then sets `video_second_per_grid`), and with `use_audio_in_video` and
+            no `audio` each video file's own audio track is used.
         min_pixels / max_pixels: pixel budget for images and video frames (defaults: the HF
             processors' own, `IMAGE_*_PIXELS` and `VIDEO_*_PIXELS`); `image_kwargs` /
             `video_kwargs` pass further arguments to `image_patches` / `video_patches`.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    from avlens.data.files import resolve_media_files
+
+    fe_rate = feature_extractor.sampling_rate if feature_extractor is not None else 16000
+    audio, video, fps, sampling_rate = resolve_media_files(audio, video, fps, sampling_rate, use_audio_in_video, fe_rate)
     vis = dict(patch_size=patch_size, temporal_patch_size=temporal_patch_size, merge_size=merge_size)
     out: dict[str, Any] = {}
     audio_lengths = video_grids = image_grids = spg = None
