@@ -239,7 +239,7 @@ def build_demo_report(run: DemoRun):
     report = Report(
         "avlens demo",
         intro=f"<p>avlens on {html.escape(run.description)}.</p>",
-        banner=("This report was made with a tiny RANDOM model (no toy checkpoint is shipped yet): every answer "
+        banner=("This report was made with a tiny RANDOM model (the toy checkpoint folder avlens/toy/checkpoint/ is missing): every answer "
                 "and attention pattern below is noise. The page shows what avlens computes, not what a model "
                 "learned.") if run.random else None,
     )
