@@ -489,6 +489,7 @@ class HookedAVTransformer(HookedRootModule):
         resid: Optional[Tensor] = None,
         kv_cache: Optional[KVCache] = None,
         loss_per_token: bool = False,
+        logits_at: Optional[Tensor] = None,
     ):
         """Run the model.
 
@@ -502,7 +503,12 @@ class HookedAVTransformer(HookedRootModule):
                 semantics; negative values count from the end). With `stop_at_layer` the residual
                 stream entering that layer is returned. Work outside the range is not done.
             resid: alternative way to pass the starting residual with `start_at_layer`.
-            kv_cache: a `KVCache`; keys/values of earlier calls are reused (used by `generate`).
+            kv_cache: a `KVCache`; keys/values of earlier calls are reused (used by `generate`
+                and by the patching sweeps, which start from a cached prefix).
+            logits_at: LongTensor `[batch, n]` of positions (relative to this call's first
+                position): the unembedding runs only there and the logits are `[batch, n, d_vocab]`
+                (`ln_final` and its hooks still see every position). The unembedding is a large
+                share of a small model's forward; metrics usually read one position.
         """
         L = self.cfg.n_layers
         start = 0 if start_at_layer is None else (start_at_layer % L if start_at_layer < 0 else start_at_layer)
@@ -537,6 +543,8 @@ class HookedAVTransformer(HookedRootModule):
             batch = self._to_batch(input, attention_mask)
             x = None
 
+        if logits_at is not None and return_type != "logits":
+            raise ValueError(f"logits_at gives logits at some positions only, so return_type must be 'logits'; got {return_type!r}")
         past = kv_cache.length if kv_cache is not None else 0
         key_mask = batch.attention_mask if past == 0 else kv_cache.key_mask
         if key_mask is None or key_mask.shape[1] != past + batch.shape[1]:
@@ -554,7 +562,15 @@ class HookedAVTransformer(HookedRootModule):
             if return_type is None:
                 self.ln_final(x)  # fire its hooks
                 return None
-            logits = self.unembed.lm_head(self.ln_final(x))
+            normed = self.ln_final(x)
+            if logits_at is not None:
+                idx = torch.as_tensor(logits_at, device=x.device).long()
+                if idx.ndim != 2 or idx.shape[0] != x.shape[0]:
+                    raise ValueError(f"logits_at must be [batch, n] = [{x.shape[0]}, n] positions; got shape {tuple(idx.shape)}")
+                if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < x.shape[1]):
+                    raise IndexError(f"logits_at positions must lie in [0, {x.shape[1]}); got {int(idx.min())}..{int(idx.max())}")
+                normed = normed.gather(1, idx[..., None].expand(-1, -1, normed.shape[-1]))
+            logits = self.unembed.lm_head(normed)
         finally:
             self.run_state.begin(None)
         if return_type == "logits":
