@@ -10,7 +10,7 @@
 
 from avlens.batch import AVBatch
 from avlens.config import AVConfig
-from avlens.families import AVAdapter, HookedGenericAV, HookedQwen2_5Omni, HookedQwen3Omni
+from avlens.families import AVAdapter, HookedGenericAV, HookedQwen2_5Omni, HookedQwen3Omni, HookedVideoLLaMA2AV, HookedVideoSalmonn2Plus
 from avlens.layout import PARTITION_GROUPS, BatchLayout, GroupPositions, TokenLayout
 from avlens.model import AttentionGroupSummary, GenerateOutput, HookedAVTransformer, KVCache
 from avlens.toy import load_toy
@@ -29,6 +29,8 @@ __all__ = [
     "HookedGenericAV",
     "HookedQwen2_5Omni",
     "HookedQwen3Omni",
+    "HookedVideoLLaMA2AV",
+    "HookedVideoSalmonn2Plus",
     "KVCache",
     "PARTITION_GROUPS",
     "TokenLayout",

@@ -168,3 +168,13 @@ def test_docs_adapter_example_is_under_40_lines_and_matches_hf_on_merged_embeddi
     assert batch.layout.counts("special").item() == 4
     # the adapter's modules are part of the model (moved with it; not in the default cache)
     assert "adapter.audio_proj.weight" in dict(model.named_parameters())
+
+
+def test_from_pretrained_causal_lm_checkpoint_dispatches_to_generic_family(tmp_path):
+    hf = make_backbone("qwen2", seed=8)
+    hf.save_pretrained(tmp_path)
+    model = avlens.HookedAVTransformer.from_pretrained(str(tmp_path))
+    assert type(model).__name__ == "HookedGenericAV"
+    tok = torch.randint(0, 100, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(tok) - hf(tok).logits).abs().max().item() <= 1e-4

@@ -7,6 +7,8 @@ from __future__ import annotations
 from avlens.families.generic import AVAdapter, HookedGenericAV
 from avlens.families.qwen2_5_omni import HookedQwen2_5Omni
 from avlens.families.qwen3_omni import HookedQwen3Omni
+from avlens.families.video_salmonn import HookedVideoSalmonn2Plus
+from avlens.families.videollama2 import HookedVideoLLaMA2AV, VideoLLaMA2AVAdapter
 from avlens.model.registry import family_for_checkpoint, family_for_hf_model, register_family, register_lm_family, supported
 
 register_family(
@@ -20,6 +22,7 @@ register_family(
     hf_classes=("Qwen3OmniMoeThinkerForConditionalGeneration", "Qwen3OmniMoeForConditionalGeneration"),
     model_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
 )
+register_family(HookedVideoLLaMA2AV, hf_classes=(), model_types=("videollama2_qwen2",))
 register_lm_family(HookedGenericAV)
 register_family(
     HookedGenericAV,
@@ -29,4 +32,5 @@ register_family(
 
 SUPPORTED = supported()
 
-__all__ = ["AVAdapter", "HookedGenericAV", "HookedQwen2_5Omni", "HookedQwen3Omni", "family_for_hf_model", "family_for_checkpoint", "SUPPORTED"]
+__all__ = ["AVAdapter", "HookedGenericAV", "HookedQwen2_5Omni", "HookedQwen3Omni", "HookedVideoSalmonn2Plus",
+           "HookedVideoLLaMA2AV", "VideoLLaMA2AVAdapter", "family_for_hf_model", "family_for_checkpoint", "SUPPORTED"]
