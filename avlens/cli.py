@@ -31,7 +31,10 @@ DEMO_OBJECTS = ("dog", "car", "piano", "bird", "bell", "train", "cat", "siren", 
 # how each answer column's clips were changed: the unimodal-dominance protocol zeroes one raw input
 ZEROING = {"both": None, "audio zeroed": "audio", "video zeroed": "video"}
 DEMO_STEPS = ("load model", "build clips", "prepare media", "run with cache", "answers, modalities zeroed",
-              "attention summary", "write report")
+              "attention summary", "sinks and hub study", "write report")
+#: the demo's small unimodal-dominance study: clips (seed) and settings (docs/analysis.md)
+HUB_CLIPS, HUB_SEED = 24, 5
+HUB_SETTINGS = dict(definition="attention", eps=0.1, min_audio_chunks=1)
 
 
 def _random_toy_model(seed: int):
@@ -116,10 +119,12 @@ class DemoRun:
     cache: object
     answers: dict  # column of ZEROING -> list[Answer], one per clip
     summary: object  # AttentionGroupSummary of `batch`
+    sinks: object = None  # SinkReport of `batch` (attention definition)
+    study: object = None  # HubStudy on HUB_CLIPS clips
     seconds: float = 0.0
 
 
-def run_demo(n_clips: int = 6, seed: int = 0, progress=None) -> DemoRun:
+def run_demo(n_clips: int = 6, seed: int = 0, progress=None, hub_clips: int = HUB_CLIPS) -> DemoRun:
     """Load the model, build the clips, run them (cached, then with each modality zeroed)."""
     from avlens.data import synth, tasks
     from avlens.toy import load_toy, toy_available
@@ -158,11 +163,17 @@ def run_demo(n_clips: int = 6, seed: int = 0, progress=None) -> DemoRun:
     done(DEMO_STEPS[5])
     summary = model.attention_group_summary(batch)
     done(DEMO_STEPS[6])
-    return DemoRun(model, description, random, clips, examples, batch, logits, cache, answers, summary,
+    from avlens.analysis import cross_modal_hub_study, find_sinks, toy_samples
+
+    sinks = find_sinks(model, batch, dims=[], eps=HUB_SETTINGS["eps"])
+    study = cross_modal_hub_study(model, toy_samples(model, synth.make_dataset(hub_clips, seed=HUB_SEED)), progress=False,
+                                  **HUB_SETTINGS)
+    done(DEMO_STEPS[7])
+    return DemoRun(model, description, random, clips, examples, batch, logits, cache, answers, summary, sinks, study,
                    time.time() - t0)
 
 
-def demo(out: str = "avlens-report", seed: int = 0, quiet: bool = False, n_clips: int = 6) -> Path:
+def demo(out: str = "avlens-report", seed: int = 0, quiet: bool = False, n_clips: int = 6, hub_clips: int = HUB_CLIPS) -> Path:
     """`avlens demo`: run the demo, write `out/index.html`, print a summary; returns the page's path."""
     from tqdm.auto import tqdm
 
@@ -171,7 +182,7 @@ def demo(out: str = "avlens-report", seed: int = 0, quiet: bool = False, n_clips
     t0 = time.time()
     bar = tqdm(total=len(DEMO_STEPS), desc="avlens demo", unit="step", disable=quiet, file=sys.stderr)
     bar.set_postfix_str(DEMO_STEPS[0])
-    run = run_demo(n_clips, seed, progress=bar)
+    run = run_demo(n_clips, seed, progress=bar, hub_clips=hub_clips)
     path = build_demo_report(run).write(out)
     run.seconds = time.time() - t0
     bar.update(1)
@@ -248,6 +259,7 @@ def build_demo_report(run: DemoRun):
     _answers_section(report, run)
     _attention_section(report, run)
     _flow_section(report, run)
+    _hub_section(report, run)
     _model_card_section(report, run)
     _hooks_section(report, run)
     return report
@@ -381,6 +393,33 @@ def eval_results(settings: dict) -> Optional[dict]:
     return None
 
 
+def _hub_section(report, run: DemoRun) -> None:
+    """Sink tokens of clip 0 and the small unimodal-dominance study (METHODS.md sections 1-5)."""
+    report.add_section("Cross-modal sinks", id="hubs")
+    rep, st = run.sinks, run.study
+    fb = rep.found_by(0)
+    labels = run.batch.layout.labels(0)
+    report.add_text(
+        f"Sink tokens of clip {_clip_name(0, run.examples[0])} by the attention definition (a position receiving a mean "
+        f"attention above eps = {rep.eps:g} from the queries after it, in some head; uniform attention here would be "
+        f"1/{run.batch.shape[1]}). The toy model has no massive activations (find_sink_dims finds no dimension above "
+        "100 and 1000x the median), so the hidden-state definition finds nothing. Sinks at any layer: "
+        + (", ".join(f"{p} ({labels[p]})" for p in fb["attention"]) or "none") + ".")
+    report.add_plotly(rep.plot(0, definition="attention"))
+    report.add_html("<h3>Unimodal-dominance study</h3>")
+    report.add_text(
+        f"avlens.analysis.cross_modal_hub_study on {len(st.records)} synthetic clips (make_dataset seed {HUB_SEED}), settings "
+        f"{HUB_SETTINGS}: {st!r}. IE x 100 per token set of the non-dominant modality, mean and 95 % bootstrap CI "
+        "(docs/analysis.md has the full 360-clip run and what it means).", "note")
+    t = st.table()
+    if len(t):
+        rows = [(r.dominant, r.token_set, r.n, f"{r.set_size:.1f}", f"{r.ie_clean:.2f} [{r.ie_clean_lo:.2f}, {r.ie_clean_hi:.2f}]",
+                 f"{r.ie_corrupt:.2f} [{r.ie_corrupt_lo:.2f}, {r.ie_corrupt_hi:.2f}]") for r in t.itertuples()]
+        report.add_table(["dominant", "token set", "n", "mean size", "IE_clean x 100", "IE_corrupt x 100"], rows)
+    else:
+        report.add_text("No sample was kept (see the skip reasons above).")
+
+
 def _model_card_section(report, run: DemoRun) -> None:
     from avlens.viz import table_from_markdown
 
@@ -439,6 +478,36 @@ def info(path_or_id: str) -> None:
     print("\n".join(names))
 
 
+def hub_study(out: str, n_clips: int = 360, seed: int = 1000, definition: str = "attention", eps: float = 0.1,
+              min_audio_chunks: int = 1, answer_steps: int = 1) -> Path:
+    """`avlens hub-study`: the unimodal-dominance study on the toy model and `n_clips` synthetic
+    clips; resumable (records.jsonl), writes table.csv and an offline index.html with the figure."""
+    from avlens.analysis import cross_modal_hub_study, toy_samples
+    from avlens.data import synth
+    from avlens.toy import load_toy
+    from avlens.viz import Report
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    model = load_toy()
+    samples = toy_samples(model, synth.make_dataset(n_clips, seed=seed))
+    st = cross_modal_hub_study(model, samples, definition=definition, eps=eps, min_audio_chunks=min_audio_chunks,
+                               answer_steps=answer_steps, records=str(root / "records.jsonl"))
+    table = st.table()
+    table.to_csv(root / "table.csv", index=False)
+    report = Report("avlens hub study", intro=f"<p>{html.escape(repr(st))}; settings {html.escape(str(st.settings))}</p>")
+    report.add_section("Token-set causal tracing", id="table")
+    report.add_table(list(table.columns), [[f"{v:.3f}" if isinstance(v, float) else v for v in row] for row in table.itertuples(index=False)])
+    report.add_plotly(st.plot())
+    report.add_section("Skipped samples", id="skipped")
+    report.add_table(["reason", "samples"], sorted(st.skip_reasons().items()))
+    path = report.write(str(root))
+    print(st)
+    print(table.round(3).to_string(index=False))
+    print(f"records {root / 'records.jsonl'}, table {root / 'table.csv'}, report {path}")
+    return path
+
+
 def _positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -453,10 +522,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_demo.add_argument("--out", default="avlens-report", help="folder to write the report to (index.html)")
     p_demo.add_argument("--n-clips", type=_positive, default=6, help="how many synthetic clips (default 6)")
     p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.add_argument("--hub-clips", type=_positive, default=HUB_CLIPS, help=f"clips in the report's hub study (default {HUB_CLIPS})")
     p_demo.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p_info = sub.add_parser("info", help="load a checkpoint and list its hook points")
     p_info.add_argument("path_or_id")
     sub.add_parser("train-toy", help="train the toy audio-visual model (see --help)", add_help=False)
+    p_hub = sub.add_parser("hub-study", help="run the unimodal-dominance study on the toy model (docs/analysis.md)")
+    p_hub.add_argument("--out", default="avlens-hub-study", help="folder for records.jsonl, table.csv and index.html")
+    p_hub.add_argument("--n-clips", type=_positive, default=360)
+    p_hub.add_argument("--seed", type=int, default=1000)
+    p_hub.add_argument("--definition", default=HUB_SETTINGS["definition"], choices=("auto", "hidden", "attention"))
+    p_hub.add_argument("--eps", type=float, default=HUB_SETTINGS["eps"])
+    p_hub.add_argument("--min-audio-chunks", type=int, default=HUB_SETTINGS["min_audio_chunks"])
+    p_hub.add_argument("--answer-steps", type=_positive, default=1)
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "train-toy":
@@ -465,9 +543,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return train_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo(args.out, args.seed, args.quiet, args.n_clips)
+        demo(args.out, args.seed, args.quiet, args.n_clips, args.hub_clips)
     elif args.command == "info":
         info(args.path_or_id)
+    elif args.command == "hub-study":
+        hub_study(args.out, args.n_clips, args.seed, args.definition, args.eps, args.min_audio_chunks, args.answer_steps)
     return 0
 
 

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from avlens.cli import eval_results, main
+from avlens.cli import DEMO_STEPS, eval_results, main
 from avlens.layout import BatchLayout
 from avlens.toy import toy_available
 from avlens.viz import Report, attention_window, script_safe, table_from_markdown
@@ -22,6 +22,7 @@ SECTIONS = {
     "answers": "Answers",
     "attention": "Attention in a window",
     "flow": "Attention between token groups",
+    "hubs": "Cross-modal sinks",
     "model-card": "Model card",
     "hooks": "Hook points",
 }
@@ -56,7 +57,7 @@ class _Page(HTMLParser):
 @pytest.fixture(scope="module")
 def demo_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "report"
-    assert main(["demo", "--out", str(out), "--n-clips", "2", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--n-clips", "2", "--hub-clips", "6", "--quiet"]) == 0
     return (out / "index.html").read_text(encoding="utf-8")
 
 
@@ -65,7 +66,7 @@ def test_demo_report_has_every_section(demo_page):
         assert f"<section id='{sid}'><h2>{title}</h2>" in demo_page, sid
     assert "0: dog / clear" in demo_page and "1: car / audio_ambiguous" in demo_page  # the clips
     assert "CircuitsVis.render(" in demo_page and "CircuitsVis.AttentionPatterns" in demo_page
-    assert demo_page.count("Plotly.newPlot(") == 2  # attention heatmap, group flow
+    assert demo_page.count("Plotly.newPlot(") == 3  # attention heatmap, group flow, sink map
     assert "blocks.{l}.hook_resid_post" in demo_page
     assert ("class='banner'" in demo_page) == (not toy_available())  # a random model says so
 
@@ -135,12 +136,12 @@ def test_every_inline_script_is_valid_javascript(demo_page, tmp_path):
 
 def test_demo_prints_a_summary_and_a_progress_bar(tmp_path, capsys):
     out = tmp_path / "r"
-    main(["demo", "--out", str(out), "--n-clips", "1"])
+    main(["demo", "--out", str(out), "--n-clips", "1", "--hub-clips", "2"])
     cap = capsys.readouterr()
     for what in ("HookedQwen2_5Omni", "BatchLayout", "accuracy", "Cache:", "hook_resid_pre", str(out / "index.html")):
         assert what in cap.out, what
-    assert "avlens demo" in cap.err and "7/7" in cap.err  # tqdm's bar
-    main(["demo", "--out", str(out), "--n-clips", "1", "--quiet"])
+    assert "avlens demo" in cap.err and f"{len(DEMO_STEPS)}/{len(DEMO_STEPS)}" in cap.err  # tqdm's bar
+    main(["demo", "--out", str(out), "--n-clips", "1", "--hub-clips", "2", "--quiet"])
     cap = capsys.readouterr()
     assert cap.out == "" and "avlens demo" not in cap.err
 
@@ -179,3 +180,15 @@ def test_model_card_finds_and_tables_evaluation_results():
     table = table_from_markdown(markdown_table(res))
     assert "<th>task</th>" in table and "75.0 % (n=12)" in table and "50.0 % (n=12)" in table
     assert "---" not in table
+
+
+def test_hub_study_command_writes_records_table_and_report(tmp_path, capsys):
+    if not toy_available():
+        pytest.skip("no toy checkpoint shipped")
+    out = tmp_path / "hub"
+    assert main(["hub-study", "--out", str(out), "--n-clips", "8", "--seed", "5"]) == 0
+    assert len((out / "records.jsonl").read_text().splitlines()) == 8
+    assert (out / "table.csv").exists()
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Token-set causal tracing" in page and "Skipped samples" in page
+    assert "HubStudy(8 samples" in capsys.readouterr().out
