@@ -24,41 +24,16 @@ from typing import Any, Optional
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from avlens.batch import AVBatch
 from avlens.config import AVConfig
 from avlens.layout import BatchLayout
 from avlens.model.hooked import HookedAVTransformer
 from avlens.model.components import Rotary
+from avlens.families.encoders import HookedEncoder
 from avlens.families.hf_backbone import share_decoder_weights
 
 _IGNORED_PROCESSOR_KEYS = {"token_type_ids"}
-
-
-class HookedEncoder(nn.Module):
-    """A Hugging Face modality encoder with hook points at its input and output.
-
-    `hook_in` sees the encoder input (mel features `[n_audio, n_mels, frames]`, or flattened
-    patches `[n_patches, C * T * P * P]`), `hook_out` its projected output `[n_tokens, d_model]`.
-    The encoders run once, in `prepare`; while a hook is attached to `hook_in` or `hook_out`,
-    the forward pass runs them again on the batch's raw inputs, so those hooks take effect
-    (and gradients reach the encoder inputs) however they were attached.
-    """
-
-    def __init__(self, hf_module: nn.Module):
-        super().__init__()
-        self.hf = hf_module
-        self.hook_in = HookPoint()
-        self.hook_out = HookPoint()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
-
-    @property
-    def hooked(self) -> bool:
-        return self.hook_in.has_hooks() or self.hook_out.has_hooks()
 
 
 def _chunk_spans(values: list[int], per_chunk: int, offset: int) -> list[tuple[int, int]]:
@@ -245,7 +220,7 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         lengths = feature_attention_mask.sum(1)
         flat = input_features.permute(0, 2, 1)[feature_attention_mask.bool()].permute(1, 0)
         after_cnn, out_lens = tower.hf._get_feat_extract_output_lengths(lengths)
-        out = tower.hf(flat, feature_lens=lengths, aftercnn_lens=after_cnn).last_hidden_state
+        out = tower.run(flat, feature_lens=lengths, aftercnn_lens=after_cnn).last_hidden_state
         if out.shape[0] != int(out_lens.sum()):
             raise RuntimeError(f"audio tower gave {out.shape[0]} tokens, expected {int(out_lens.sum())}")
         return tower.hook_out(out)
@@ -254,7 +229,7 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         """Vision tower: flattened patches + grids -> merged tokens `[n_tokens, d_model]`."""
         tower = self.visual
         pixel_values = tower.hook_in(pixel_values.to(tower.dtype))
-        out = tower.hf(pixel_values, grid_thw=grid_thw)
+        out = tower.run(pixel_values, grid_thw=grid_thw)
         feats = out.pooler_output if hasattr(out, "pooler_output") and out.pooler_output is not None else out
         if isinstance(feats, (tuple, list)):
             feats = torch.cat(list(feats), 0)

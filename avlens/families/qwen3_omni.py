@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from avlens.batch import AVBatch
 from avlens.families.hf_backbone import backbone_config, hf_rotary, share_decoder_weights
-from avlens.families.qwen2_5_omni import HookedEncoder, HookedQwen2_5Omni, _MediaCursor
+from avlens.families.encoders import HookedEncoder
+from avlens.families.qwen2_5_omni import HookedQwen2_5Omni, _MediaCursor
 from avlens.model.cache import wrap_cache
 from avlens.model.components import TransformerBlock
 from avlens.model.hook_points import AVHookPoint, RunState
@@ -239,7 +240,7 @@ class HookedQwen3Omni(HookedQwen2_5Omni):
         input_features = tower.hook_in(input_features.to(tower.dtype))
         lengths = feature_attention_mask.sum(1)
         flat = input_features.permute(0, 2, 1)[feature_attention_mask.bool()].permute(1, 0)
-        out = tower.hf(flat, feature_lens=lengths).last_hidden_state
+        out = tower.run(flat, feature_lens=lengths).last_hidden_state
         expected = int(self.audio_token_lengths(lengths).sum())
         if out.shape[0] != expected:
             raise RuntimeError(f"audio tower gave {out.shape[0]} tokens, expected {expected}")
@@ -249,7 +250,7 @@ class HookedQwen3Omni(HookedQwen2_5Omni):
         """Vision tower: patches -> (merged tokens `[n, d_model]`, DeepStack `[levels, n, d_model]`)."""
         tower = self.visual
         pixel_values = tower.hook_in(pixel_values.to(tower.dtype))
-        out = tower.hf(pixel_values, grid_thw=grid_thw)
+        out = tower.run(pixel_values, grid_thw=grid_thw)
         deep = torch.stack(list(out.deepstack_features)) if out.deepstack_features else pixel_values.new_zeros(0, out.pooler_output.shape[0], out.pooler_output.shape[-1])
         return tower.hook_out(out.pooler_output), deep
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from avlens.batch import AVBatch
 from avlens.families.generic import AVAdapter, HookedGenericAV
-from avlens.families.qwen2_5_omni import HookedEncoder
+from avlens.families.encoders import HookedEncoder
 
 IMAGE_SENTINEL, VIDEO_SENTINEL, AUDIO_SENTINEL = -200, -201, -202
 MEDIA_PREFIXES = ("model.mm_projector.", "model.mm_projector_a.", "model.vision_tower.", "model.audio_tower.")
@@ -66,7 +66,7 @@ class VideoLLaMA2AVAdapter(AVAdapter, nn.Module):
         enc = getattr(self, kind)
         if enc is None:
             raise ValueError(f"the adapter has no {kind} encoder; pass {kind}_encoder=... to VideoLLaMA2AVAdapter")
-        out = enc.hook_out(enc.hf(enc.hook_in(x)))
+        out = enc.hook_out(enc.run(enc.hook_in(x)))
         return out.reshape(-1, out.shape[-1])
 
 
