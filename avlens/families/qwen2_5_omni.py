@@ -145,15 +145,20 @@ class HookedQwen2_5Omni(HookedAVTransformer):
             model = cls(cfg, tokenizer=tokenizer)
         share_decoder_weights(model, thinker.model.language_model, thinker.lm_head)
         model.rotary = Rotary(cfg).to(p.device)
-        model.audio_tower = HookedEncoder(thinker.model.audio_tower)
-        model.visual = HookedEncoder(thinker.model.visual)
-        model.spatial_merge_size = thinker.model.spatial_merge_size
-        model.position_id_per_seconds = thinker.config.position_id_per_seconds
-        model.seconds_per_chunk = thinker.config.seconds_per_chunk
-        model.hf_config = thinker.config
-        model.setup()
-        model.eval()
-        return model
+        return model.attach_thinker_parts(thinker, thinker.config.seconds_per_chunk)
+
+    def attach_thinker_parts(self, thinker, seconds_per_chunk: float) -> "HookedQwen2_5Omni":
+        """Wrap the thinker's audio and vision towers (hook points in and inside them) and take its
+        timing parameters; then register the hook points and switch to eval mode."""
+        self.audio_tower = HookedEncoder(thinker.model.audio_tower)
+        self.visual = HookedEncoder(thinker.model.visual)
+        self.spatial_merge_size = thinker.model.spatial_merge_size
+        self.position_id_per_seconds = thinker.config.position_id_per_seconds
+        self.seconds_per_chunk = seconds_per_chunk
+        self.hf_config = thinker.config
+        self.setup()
+        self.eval()
+        return self
 
     @classmethod
     def from_pretrained(

@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from avlens.batch import AVBatch
 from avlens.families.hf_backbone import backbone_config, hf_rotary, share_decoder_weights
-from avlens.families.encoders import HookedEncoder
 from avlens.families.qwen2_5_omni import HookedQwen2_5Omni, _MediaCursor
 from avlens.model.cache import wrap_cache
 from avlens.model.components import TransformerBlock
@@ -182,15 +181,7 @@ class HookedQwen3Omni(HookedQwen2_5Omni):
                 m = layer.mlp
                 block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj = m.gate_proj, m.up_proj, m.down_proj
         model.rotary = hf_rotary(model, lm, p.device)
-        model.audio_tower = HookedEncoder(thinker.model.audio_tower)
-        model.visual = HookedEncoder(thinker.model.visual)
-        model.spatial_merge_size = thinker.model.spatial_merge_size
-        model.position_id_per_seconds = c.position_id_per_seconds
-        model.seconds_per_chunk = 2
-        model.hf_config = c
-        model.setup()
-        model.eval()
-        return model
+        return model.attach_thinker_parts(thinker, seconds_per_chunk=2)  # chunks only label the layout
 
     @classmethod
     def from_pretrained(
