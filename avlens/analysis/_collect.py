@@ -22,6 +22,10 @@ from torch import Tensor
 
 
 class LaterQueryCollector:
+    #: float32 pattern elements per query chunk: 4 Mi (16 MB) keeps the statistics' working memory
+    #: small beside the forward's own (benchmarks/bench_analysis.py)
+    chunk_elements = 4 * 2**20
+
     def __init__(self, query_masks: Mapping[str, Tensor], n_layers: int, n_heads: int):
         self.groups = list(query_masks)
         self.qmask = torch.stack([query_masks[g] for g in self.groups], dim=-1).float()  # [b, p, G]

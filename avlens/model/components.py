@@ -354,7 +354,8 @@ class Attention(nn.Module):
         that no full `[b, h, p, k]` pattern is ever held."""
         b, p, h, _ = q.shape
         n_k = k.shape[1]
-        budget = 32 * 2**20  # elements of float32 pattern per chunk
+        # elements of float32 pattern per chunk (a collector may ask for smaller chunks)
+        budget = getattr(collector, "chunk_elements", 32 * 2**20)
         chunk = max(1, min(p, budget // max(1, b * h * n_k)))
         outs = [self._eager(q, k, v, mask, rep, s, min(p, s + chunk), hooks=False, collector=collector) for s in range(0, p, chunk)]
         return torch.cat(outs, dim=1)
