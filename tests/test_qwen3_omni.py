@@ -206,3 +206,29 @@ def test_fold_ln_keeps_qwen3_omni_logits_and_leaves_hf_unchanged():
         got = model(model.prepare(**inputs))
     assert (got - ref).abs().max().item() <= 1e-4
     assert (Q.hf_logits(hf, inputs) - ref).abs().max().item() == 0
+
+
+def test_prepare_media_expands_placeholders_as_the_qwen3_processor_and_matches_hf(q3):
+    """Raw waveform + frames -> the ids `Qwen3OmniMoeProcessor` writes (audio-in-video merged by
+    time; the processor-derived builder in qwen3_reference) and HF's logits on those inputs."""
+    import numpy as np
+
+    from avlens.data.media import media_inputs
+
+    hf, model = q3
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(int(2.6 * 16000))).astype(np.float32)
+    frames = rng.integers(0, 256, (6, 64, 96, 3), dtype=np.uint8)  # 6 frames at 3 fps: 3 temporal grids
+    t = model.cfg.token_ids
+    prompt = [[5, t["vision_start_token_id"], t["video_token_id"], t["vision_end_token_id"], 6]]
+    budget = dict(min_pixels=64 * 64, max_pixels=64 * 96, trim_audio=True)
+    batch = model.prepare_media(prompt, video=frames, audio=[wave], fps=3.0, use_audio_in_video=True, **budget)
+    inputs = media_inputs(prompt, t, video=frames, audio=[wave], fps=3.0, use_audio_in_video=True, patch_size=16,
+                          position_id_per_seconds=Q.PPS, placeholder_rule=model.placeholder_rule, **budget)
+    n_frames = int(inputs["feature_attention_mask"].sum())
+    grid = inputs["video_grid_thw"][0].tolist()
+    assert grid == [3, 4, 6]
+    expected = [5] + Q._aiv_block(grid, 2 / 3.0, Q.audio_tokens(n_frames)) + [6]
+    assert batch.input_ids[0].tolist() == expected
+    ref = Q.hf_logits(hf, {k: v for k, v in inputs.items()})
+    assert (model(batch) - ref).abs().max().item() <= 1e-4

@@ -581,8 +581,9 @@ class _Items:
     """Per-item replacement blocks, consumed in prompt order across a batch."""
 
     def __init__(self, token_ids_cfg, audio_lengths, video_grids, second_per_grid, image_grids,
-                 use_audio_in_video, merge_size, position_id_per_seconds, seconds_per_chunk):
+                 use_audio_in_video, merge_size, position_id_per_seconds, seconds_per_chunk, rule=None):
         self.t = token_ids_cfg
+        self.rule = rule or placeholder_block
         self.audio = [int(x) for x in _as_list(audio_lengths)]
         self.video = [_grid(g) for g in _as_list(video_grids)]
         self.image = [_grid(g) for g in _as_list(image_grids)]
@@ -610,14 +611,14 @@ class _Items:
 
     def block(self, kind: str) -> list[int]:
         if kind == "audio":
-            return placeholder_block("audio", self.t, n_audio_frames=self.audio[self._take("audio")], **self.kw)
+            return self.rule("audio", self.t, n_audio_frames=self.audio[self._take("audio")], **self.kw)
         if kind == "image":
-            return placeholder_block("image", self.t, grid_thw=self.image[self._take("image")], **self.kw)
+            return self.rule("image", self.t, grid_thw=self.image[self._take("image")], **self.kw)
         vi = self._take("video")
         if not self.aiv:
-            return placeholder_block("video", self.t, grid_thw=self.video[vi], **self.kw)
+            return self.rule("video", self.t, grid_thw=self.video[vi], **self.kw)
         ai = self._take("audio")
-        return placeholder_block(
+        return self.rule(
             "audio_in_video", self.t, n_audio_frames=self.audio[ai], grid_thw=self.video[vi],
             second_per_grid=self.spg[vi], **self.kw,
         )
@@ -666,8 +667,10 @@ def expand_placeholders(
     merge_size: int = 2,
     position_id_per_seconds: float = 25,
     seconds_per_chunk: float = 2.0,
+    placeholder_rule=None,
 ):
-    """Expand ONE placeholder token per media item into the ids `Qwen2_5OmniProcessor` writes.
+    """Expand ONE placeholder token per media item into the ids `Qwen2_5OmniProcessor` writes
+    (another family's processor with `placeholder_rule`, a function like `placeholder_block`).
 
     Every `<|AUDIO|>` becomes `audio_token_count(frames)` `<|AUDIO|>`, every `<|IMAGE|>` /
     `<|VIDEO|>` `t * h * w / merge_size**2` copies; with `use_audio_in_video`, every
@@ -691,7 +694,7 @@ def expand_placeholders(
     t = token_ids_cfg
     ids = {t[f"{k}_token_id"]: k for k in _KINDS}
     items = _Items(t, audio_lengths, video_grids, second_per_grid, image_grids, use_audio_in_video,
-                   merge_size, position_id_per_seconds, seconds_per_chunk)
+                   merge_size, position_id_per_seconds, seconds_per_chunk, rule=placeholder_rule)
     out = []
     for r, row in enumerate(rows):
         new: list[int] = []
@@ -739,6 +742,7 @@ def expand_placeholder_text(
     tokenizer=None,
     token_ids_cfg: Optional[dict] = None,
     token_strings: Optional[dict] = None,
+    placeholder_rule=None,
 ):
     """The string version of `expand_placeholders`, as the processor's text replacement does.
 
@@ -769,7 +773,7 @@ def expand_placeholder_text(
     # the use_audio_in_video check needs the delimiters as separate items
     vb, ve = s["vision_start_token_id"], s["vision_end_token_id"]
     items = _Items(fake, audio_lengths, video_grids, second_per_grid, image_grids, use_audio_in_video,
-                   merge_size, position_id_per_seconds, seconds_per_chunk)
+                   merge_size, position_id_per_seconds, seconds_per_chunk, rule=placeholder_rule)
     kinds = {fake[f"{k}_token_id"]: k for k in _KINDS}
     out = []
     for r, row in enumerate(rows):
@@ -807,6 +811,7 @@ def _model_params(model) -> dict:
         n_mels=int(getattr(ac, "num_mel_bins", 128)),
         position_id_per_seconds=getattr(model, "position_id_per_seconds", None) or 25,
         seconds_per_chunk=getattr(model, "seconds_per_chunk", None) or 2,
+        placeholder_rule=getattr(model, "placeholder_rule", None),  # a family's own expansion
     )
 
 
@@ -845,6 +850,7 @@ def media_inputs(
     image_kwargs: Optional[dict] = None,
     video_kwargs: Optional[dict] = None,
     trim_audio: bool = False,
+    placeholder_rule=None,
 ) -> dict[str, Any]:
     """Raw media + a prompt with one placeholder per item -> `Qwen2_5OmniProcessor`'s outputs.
 
@@ -895,6 +901,7 @@ def media_inputs(
     timing = dict(
         use_audio_in_video=use_audio_in_video, merge_size=merge_size,
         position_id_per_seconds=position_id_per_seconds, seconds_per_chunk=seconds_per_chunk,
+        placeholder_rule=placeholder_rule,
     )
     media = dict(audio_lengths=audio_lengths, video_grids=video_grids, second_per_grid=spg, image_grids=image_grids)
     is_text = isinstance(text, str) or (isinstance(text, (list, tuple)) and len(text) > 0 and isinstance(text[0], str))
@@ -946,7 +953,7 @@ def prepare_media(
     `video=np.zeros_like(frames)`; the layout stays that of the clean batch.
     """
     params = _model_params(model)
-    for k in ("patch_size", "temporal_patch_size", "merge_size", "n_mels", "position_id_per_seconds", "seconds_per_chunk"):
+    for k in ("patch_size", "temporal_patch_size", "merge_size", "n_mels", "position_id_per_seconds", "seconds_per_chunk", "placeholder_rule"):
         kw.setdefault(k, params[k])
     kw.setdefault("tokenizer", getattr(model, "tokenizer", None))
     inputs = media_inputs(

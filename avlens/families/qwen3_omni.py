@@ -265,6 +265,33 @@ class HookedQwen3Omni(HookedQwen2_5Omni):
         deep = {k: feats.pop(f"deepstack_{k}") for k in VISUAL_KINDS if f"deepstack_{k}" in feats}
         return DeepStackBatch(**kw, features=feats, deepstack=deep)
 
+    def placeholder_rule(self, kind: str, token_ids_cfg: dict, n_audio_frames=None, grid_thw=None, second_per_grid=None,
+                         merge_size: int = 2, position_id_per_seconds: float = 13, seconds_per_chunk: float = 2.0) -> list[int]:
+        """The ids `Qwen3OmniMoeProcessor` writes for ONE media placeholder (used by
+        `prepare_media`): audio `n` pads with n from the AuT length formula; image / video
+        `t * h * w / merge**2` pads; audio in video `<|audio_start|>` + video and audio pads merged
+        by time (a video grid goes first while `g * second_per_grid * pps` <= the next audio
+        index, in float64 as the processor computes it) + `<|audio_end|>`."""
+        t = token_ids_cfg
+        if kind == "audio":
+            return [t["audio_token_id"]] * int(self.audio_token_lengths(torch.tensor(int(n_audio_frames))))
+        gt, gh, gw = (int(x) for x in grid_thw)
+        per_grid = gh * gw // merge_size**2
+        if kind in ("image", "video"):
+            return [t[f"{kind}_token_id"]] * (gt * per_grid)
+        n_audio = int(self.audio_token_lengths(torch.tensor(int(n_audio_frames))))
+        video_t = [g * float(second_per_grid) * float(position_id_per_seconds) for g in range(gt) for _ in range(per_grid)]
+        out, vi, ai = [t["audio_start_token_id"]], 0, 0
+        while vi < len(video_t) and ai < n_audio:
+            if video_t[vi] <= ai:
+                out.append(t["video_token_id"])
+                vi += 1
+            else:
+                out.append(t["audio_token_id"])
+                ai += 1
+        out += [t["video_token_id"]] * (len(video_t) - vi) + [t["audio_token_id"]] * (n_audio - ai)
+        return out + [t["audio_end_token_id"]]
+
     # ---------------------------------------------------------------------------------- forward
     def embed_batch(self, batch: AVBatch) -> Tensor:
         if self.encoders_hooked and batch.features:
