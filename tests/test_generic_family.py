@@ -132,8 +132,12 @@ def test_generic_backbone_refuses_inputs_longer_than_sliding_window():
 
 
 def test_generic_from_hf_lm_refuses_moe_and_foreign_modules():
+    import qwen3_reference as Q
+
     with pytest.raises(TypeError, match="not a Hugging Face decoder"):
         avlens.HookedAVTransformer.from_hf_lm(torch.nn.Linear(2, 2))
+    with pytest.raises(NotImplementedError, match="mixture-of-experts"):
+        avlens.HookedAVTransformer.from_hf_lm(Q.make_thinker())
 
 
 # ------------------------------------------------------------------------------ the docs' adapter

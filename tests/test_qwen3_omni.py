@@ -232,3 +232,19 @@ def test_prepare_media_expands_placeholders_as_the_qwen3_processor_and_matches_h
     assert batch.input_ids[0].tolist() == expected
     ref = Q.hf_logits(hf, {k: v for k, v in inputs.items()})
     assert (model(batch) - ref).abs().max().item() <= 1e-4
+
+
+def test_qwen3_encoder_layer_hooks_equal_hf_hidden_states_and_identity_pattern_edit_is_exact(q3):
+    hf, model = q3
+    inputs = Q.make_inputs("audio_in_video", 1)
+    with torch.no_grad():
+        vref = hf.model.visual(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"], output_hidden_states=True).hidden_states
+    batch = model.prepare(**inputs)
+    names = [f"visual.blocks.{i}.hook_resid_post" for i in range(3)] + ["audio_tower.blocks.1.hook_resid_post"]
+    _, cache = model.run_with_cache(batch, names_filter=names)
+    for i in range(3):
+        torch.testing.assert_close(cache[f"visual.blocks.{i}.hook_resid_post"], vref[len(vref) - 3 + i], rtol=0, atol=1e-5)
+    clean = model(batch)
+    hooks = [(f"{t}.blocks.{i}.attn.hook_pattern", lambda p, hook: p) for t, n in (("visual", 3), ("audio_tower", 2)) for i in range(n)]
+    same = model.run_with_hooks(batch, fwd_hooks=hooks)
+    assert (same - clean).abs().max().item() <= 1e-5

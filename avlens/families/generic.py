@@ -21,6 +21,7 @@ unless the adapter (or the caller, `position_ids=`) gives others; a Qwen2.5-VL b
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
@@ -232,7 +233,7 @@ class HookedGenericAV(HookedAVTransformer):
 
         lm = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype or "auto", use_safetensors=True, **hf_kwargs)
         lm = lm.to(device or "cpu").eval()
-        tok = _try_tokenizer(path_or_id) if load_tokenizer and __import__("os").path.isdir(path_or_id) else None
+        tok = _try_tokenizer(path_or_id) if load_tokenizer and os.path.isdir(path_or_id) else None
         return cls.from_hf_lm(lm, adapter, tokenizer=tok)
 
     # ---------------------------------------------------------------------------------- inputs
@@ -323,8 +324,9 @@ class HookedGenericAV(HookedAVTransformer):
         position_ids = torch.as_tensor(position_ids).to(dev)
         if position_ids.ndim == 2 and self.cfg.rope_kind != "1d":
             position_ids = position_ids[None].expand(3, -1, -1)
-        if rope_deltas is None:
-            rope_deltas = (position_ids.reshape(-1, *shape)[0].max(-1, keepdim=True).values + 1 - attention_mask.sum(-1, keepdim=True))
+        if rope_deltas is None:  # Hugging Face's: max id (over the axes) + 1 - real tokens
+            top = position_ids.reshape(-1, *shape).amax(0).max(-1, keepdim=True).values
+            rope_deltas = top + 1 - attention_mask.sum(-1, keepdim=True)
         return AVBatch(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, layout=lay,
             features=features, rope_deltas=rope_deltas, inputs_embeds=inputs_embeds,
