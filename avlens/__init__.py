@@ -6,6 +6,7 @@
     logits, cache = model.run_with_cache(batch)
     cache["blocks.3.hook_resid_post"]                 # [batch, pos, d_model]
     model.run_with_hooks(batch, fwd_hooks=[("blocks.3.hook_resid_post.audio", fn)])
+    avlens.patching.activation_patch(model, clean, corrupted, metric)   # the causal toolkit
 """
 
 from avlens.batch import AVBatch
@@ -14,6 +15,7 @@ from avlens.families import AVAdapter, HookedGenericAV, HookedQwen2_5Omni, Hooke
 from avlens.layout import PARTITION_GROUPS, BatchLayout, GroupPositions, TokenLayout
 from avlens.model import AttentionGroupSummary, GenerateOutput, HookedAVTransformer, KVCache
 from avlens.toy import load_toy
+from avlens import patching  # noqa: E402  (the causal toolkit, avlens.interventions)
 
 __version__ = "0.1.0"
 
@@ -35,4 +37,5 @@ __all__ = [
     "PARTITION_GROUPS",
     "TokenLayout",
     "load_toy",
+    "patching",
 ]
