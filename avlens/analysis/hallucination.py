@@ -1,0 +1,360 @@
+"""Hallucination benchmarks, scored exactly as their own scripts score them (METHODS.md section 7).
+
+    from avlens.analysis.hallucination import score_avhbench, score_cmm, score_captions, parse_yes_no
+    score_avhbench(records, parser="mad")     # records: AVHBench entries + "pred"
+    score_cmm(rows)                           # CMM rows with "pred"
+    score_captions(preds, gt, vocabulary)     # CHAIR_i, CHAIR_s, recall
+
+* **AVHBench** (`{"video_id", "task", "text", "label"}`; tasks `AVH_TASKS`) has no official scorer.
+  Two published ones are offered:
+  - ``parser="avcd"``, AVCD's ``eval_acc.py``: a prediction is correct iff its lower-cased text
+    contains "yes" or "no" *and* contains the lower-cased label, a raw substring test (so
+    "i don't know" contains "no", and "yes and no" is right whatever the label);
+  - ``parser="mad"``, MAD's ``score.py``: ``re.search(r"\\byes|true|correct|affirmative\\b")`` -> yes,
+    else ``r"\\bno|false|incorrect|negative\\b"`` -> no, else the normalised first word. The word
+    boundaries bind only to the first and last alternatives, so "untrue" and "incorrect" parse as
+    *yes* and "nothing" as *no*: reproduced, not fixed. Predictions starting ``ERROR:`` are dropped,
+    then duplicate (video_id, question) pairs (the first kept).
+  Per task: accuracy, precision, recall, F1 (positive class "yes") and yes-ratio; the overall as the
+  MAD paper reports it (unweighted mean of the two hallucination tasks' accuracies) and pooled.
+* **CMM** (``evaluation/calculate_score.py``): lower-case and strip; correct iff ``answer in
+  pred[:5]``; PA = share of GT-yes rows with "yes" in ``pred[:5]``, HR = share of GT-no rows with
+  "no" in ``pred[:5]``; per sub-category and granularity; overall = mean over sub-categories.
+* **CHAIR** (PAI / OPERA ``chair.py``, Rohrbach et al. 2018): object mentions found through a
+  synonym vocabulary after tokenising and lemmatising; CHAIR_i = hallucinated mentions / all
+  mentions (pooled over captions, repeated mentions counted), CHAIR_s = captions with a
+  hallucinated mention / captions, recall = ground-truth objects mentioned / ground-truth objects.
+  The paper's caption-set format: ``{"video_id", "prompt", "objects": ["dog/puppy", "car"]}``, each
+  object a ``/``-separated list of alternatives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "AVH_TASKS",
+    "AVH_HALLUCINATION_TASKS",
+    "CAPTION_PROMPT",
+    "parse_yes_no",
+    "avcd_correct",
+    "score_avhbench",
+    "score_cmm",
+    "ObjectVocabulary",
+    "AV_OBJECTS",
+    "caption_mentions",
+    "score_captions",
+    "read_records",
+    "bootstrap_ci",
+]
+
+AVH_TASKS = ("Audio-driven Video Hallucination", "Video-driven Audio Hallucination", "AV Matching", "AV Captioning")
+AVH_HALLUCINATION_TASKS = AVH_TASKS[:2]
+AVH_YES_NO_TASKS = AVH_TASKS[:3]
+CAPTION_PROMPT = "Describe what you see and hear in a single sentence."
+PARSERS = ("avcd", "mad")
+
+_MAD_YES = re.compile(r"\byes|true|correct|affirmative\b")
+_MAD_NO = re.compile(r"\bno|false|incorrect|negative\b")
+
+
+def read_records(path_or_records) -> list[dict]:
+    """Records from a JSON list, a JSON-lines file, or an iterable of dicts."""
+    if isinstance(path_or_records, (str, os.PathLike)):
+        with open(path_or_records) as f:
+            text = f.read()
+        text = text.strip()
+        if not text:
+            return []
+        if text[0] == "[":
+            return list(json.loads(text))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [dict(r) for r in path_or_records]
+
+
+def parse_yes_no(pred: str, parser: str = "mad") -> Optional[str]:
+    """The answer a published scorer reads from a prediction: "yes", "no", or (MAD) the normalised
+    first word / (AVCD) None when neither "yes" nor "no" occurs.
+
+    AVCD's rule has no parse step (it tests the label as a substring); its parse here, used only for
+    precision / recall / yes-ratio, is "yes" if "yes" occurs, else "no" if "no" occurs, else None."""
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
+    p = str(pred).lower()
+    if parser == "avcd":
+        return "yes" if "yes" in p else "no" if "no" in p else None
+    if _MAD_YES.search(p):
+        return "yes"
+    if _MAD_NO.search(p):
+        return "no"
+    words = p.strip().split()
+    return re.sub(r"[^\w]", "", words[0]) if words else ""
+
+
+def avcd_correct(pred: str, label: str) -> bool:
+    """AVCD's ``eval_acc.py`` rule: contains "yes" or "no", and contains the lower-cased label."""
+    p = str(pred).lower()
+    return ("yes" in p or "no" in p) and str(label).lower() in p
+
+
+def _binary_metrics(labels: Sequence[str], parsed: Sequence[Optional[str]], correct: Sequence[bool]) -> dict:
+    n = len(labels)
+    y = np.array([str(l).lower() == "yes" for l in labels], dtype=bool)
+    p = np.array([q == "yes" for q in parsed], dtype=bool)
+    tp = int((y & p).sum())
+    prec = tp / int(p.sum()) if p.any() else 0.0
+    rec = tp / int(y.sum()) if y.any() else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+    return {"n": n, "accuracy": float(np.mean(correct)) if n else float("nan"), "precision": prec, "recall": rec,
+            "f1": f1, "yes_ratio": float(p.mean()) if n else float("nan"),
+            "unparsed": int(sum(q not in ("yes", "no") for q in parsed))}
+
+
+def score_avhbench(records, parser: str = "mad", pred_key: str = "pred", question_key: str = "text") -> dict:
+    """AVHBench yes/no scores (see the module docstring) of `records` (a path or dicts with
+    ``video_id, task, text, label`` and the prediction under `pred_key`).
+
+    Returns ``{"per_task": {task: {n, accuracy, precision, recall, f1, yes_ratio, unparsed}},
+    "overall_mad": mean accuracy of the two hallucination tasks, "pooled": metrics over every
+    yes/no record, "dropped": {"error": k, "duplicate": k}}``. AV Captioning records are ignored
+    here (score them with `score_captions`)."""
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
+    recs = read_records(records)
+    missing = [k for k in ("video_id", "task", question_key, "label", pred_key) if recs and k not in recs[0]]
+    if missing:
+        raise KeyError(f"AVHBench records need the keys {missing} (found {sorted(recs[0])}); pass pred_key= / question_key= if yours differ")
+    dropped = {"error": 0, "duplicate": 0}
+    if parser == "mad":
+        kept = []
+        seen = set()
+        for r in recs:
+            if str(r[pred_key]).startswith("ERROR:"):
+                dropped["error"] += 1
+                continue
+            key = (r["video_id"], r[question_key])
+            if key in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add(key)
+            kept.append(r)
+        recs = kept
+    recs = [r for r in recs if r["task"] in AVH_YES_NO_TASKS]
+    by_task: dict[str, list[dict]] = OrderedDict()
+    for r in recs:
+        by_task.setdefault(r["task"], []).append(r)
+
+    def metrics(rs):
+        labels = [str(r["label"]).lower() for r in rs]
+        parsed = [parse_yes_no(r[pred_key], parser) for r in rs]
+        if parser == "avcd":
+            correct = [avcd_correct(r[pred_key], l) for r, l in zip(rs, labels)]
+        else:
+            correct = [q == l for q, l in zip(parsed, labels)]
+        return _binary_metrics(labels, parsed, correct)
+
+    per_task = {t: metrics(rs) for t, rs in by_task.items()}
+    hall = [per_task[t]["accuracy"] for t in AVH_HALLUCINATION_TASKS if t in per_task]
+    return {"parser": parser, "per_task": per_task, "overall_mad": float(np.mean(hall)) if hall else float("nan"),
+            "pooled": metrics(recs) if recs else None, "dropped": dropped}
+
+
+def score_cmm(rows, pred_key: str = "pred") -> dict:
+    """CMM (``evaluation/calculate_score.py``) scores of `rows` (a path or dicts with ``category,
+    sub_category, granularity, question, answer`` and `pred_key`): per sub-category and per
+    granularity ``{n, accuracy, pa, hr}``; ``overall`` = mean accuracy over sub-categories (the
+    paper's), ``pooled`` = over all rows."""
+    rows = read_records(rows)
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for r in rows:
+        for k in ("sub_category", "granularity", "answer", pred_key):
+            if k not in r:
+                raise KeyError(f"CMM rows need {k!r} (found {sorted(r)})")
+        ans, pred = str(r["answer"]).lower().strip(), str(r[pred_key]).lower().strip()
+        for key in (("sub_category", r["sub_category"]), ("granularity", r["granularity"]), ("pooled", "all")):
+            groups[key].append((ans, pred))
+
+    def m(pairs):
+        correct = [a in p[:5] for a, p in pairs]
+        yes = [p for a, p in pairs if a == "yes"]
+        no = [p for a, p in pairs if a == "no"]
+        return {"n": len(pairs), "accuracy": float(np.mean(correct)),
+                "pa": float(np.mean(["yes" in p[:5] for p in yes])) if yes else float("nan"),
+                "hr": float(np.mean(["no" in p[:5] for p in no])) if no else float("nan")}
+
+    out = {"sub_category": {}, "granularity": {}}
+    for (kind, name), pairs in groups.items():
+        if kind != "pooled":
+            out[kind][name] = m(pairs)
+    subs = [v["accuracy"] for v in out["sub_category"].values()]
+    out["overall"] = float(np.mean(subs)) if subs else float("nan")
+    out["pooled"] = m(groups[("pooled", "all")]) if rows else None
+    return out
+
+
+# ----------------------------------------------------------------------------------- CHAIR
+def lemma(word: str) -> str:
+    """A rule-based English noun lemma (the plural rules that object names need: dogs -> dog,
+    buses -> bus, puppies -> puppy, knives -> knife; -ss / -us / -is words are kept)."""
+    w = word.lower()
+    irregular = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
+                 "geese": "goose", "feet": "foot", "teeth": "tooth", "oxen": "ox", "sheep": "sheep", "fish": "fish"}
+    if w in irregular:
+        return irregular[w]
+    if len(w) <= 3 or w.endswith(("ss", "us", "is")):
+        return w
+    if w.endswith("ies"):
+        return w[:-3] + "y"
+    if w.endswith("ves") and len(w) > 4:
+        return w[:-3] + ("fe" if w[:-3].endswith("i") else "f")
+    if w.endswith(("ches", "shes", "xes", "sses", "zes")) or (w.endswith("ses") and w[:-3].endswith("us")):
+        return w[:-2]
+    if w.endswith("s"):
+        return w[:-1]
+    return w
+
+
+def _tokens(text: str) -> list[str]:
+    return [lemma(t) for t in re.findall(r"[a-z]+", str(text).lower())]
+
+
+@dataclass
+class ObjectVocabulary:
+    """Objects and their synonyms (each a word or a phrase), matched after lemmatising, the longest
+    phrase first (as ``chair.py`` matches two-word names before single words). Extend it with
+    `add` or by passing your own mapping."""
+
+    synonyms: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._index: dict[tuple[str, ...], str] = {}
+        for obj, syns in list(self.synonyms.items()):
+            self.add(obj, syns)
+
+    def add(self, obj: str, synonyms: Iterable[str] = ()) -> "ObjectVocabulary":
+        obj = obj.lower().strip()
+        syns = self.synonyms.setdefault(obj, [])
+        for s in [obj, *synonyms]:
+            s = s.lower().strip()
+            if s not in syns:
+                syns.append(s)
+            key = tuple(_tokens(s))
+            if key:
+                self._index[key] = obj
+        return self
+
+    @property
+    def max_len(self) -> int:
+        return max((len(k) for k in self._index), default=1)
+
+    def canonical(self, phrase: str) -> Optional[str]:
+        """The object a word or phrase names, or None."""
+        return self._index.get(tuple(_tokens(phrase)))
+
+    def mentions(self, text: str) -> list[str]:
+        """The objects a caption mentions, in order, one per mention (repeats kept)."""
+        toks = _tokens(text)
+        out, i = [], 0
+        while i < len(toks):
+            for n in range(min(self.max_len, len(toks) - i), 0, -1):
+                obj = self._index.get(tuple(toks[i:i + n]))
+                if obj is not None:
+                    out.append(obj)
+                    i += n
+                    break
+            else:
+                i += 1
+        return out
+
+
+#: Objects that make sounds and can be seen, with common synonyms (the synthetic world's twelve
+#: classes among them). Extend with `AV_OBJECTS.add("tram", ["streetcar"])` or a new vocabulary.
+AV_OBJECTS_SYNONYMS: dict[str, list[str]] = {
+    "dog": ["puppy", "hound", "doggy"], "car": ["automobile", "sedan"],
+    "piano": ["grand piano"], "drum": ["drum kit", "drums", "percussion"], "bird": ["chick", "songbird", "sparrow"],
+    "cat": ["kitten", "kitty"], "siren": ["alarm", "police siren"], "guitar": ["acoustic guitar", "electric guitar"],
+    "bell": ["church bell", "chime"], "train": ["locomotive", "railway"], "phone": ["telephone", "cellphone", "smartphone"],
+    "clock": ["ticking clock", "alarm clock"], "person": ["man", "woman", "child", "people", "boy", "girl", "speaker"],
+    "horse": ["pony"], "cow": ["cattle"], "baby": ["infant"], "violin": ["fiddle"], "helicopter": ["chopper"],
+    "airplane": ["plane", "aircraft", "jet"], "motorcycle": ["motorbike"], "water": ["stream", "river", "waterfall"],
+    "chicken": ["rooster", "hen"], "sheep": ["lamb"], "duck": [], "goat": [], "pig": [], "truck": ["lorry", "fire truck"],
+    "bus": [], "boat": ["ship"], "saxophone": ["sax"], "trumpet": [], "flute": [], "cello": [], "accordion": [],
+}
+AV_OBJECTS = ObjectVocabulary({k: list(v) for k, v in AV_OBJECTS_SYNONYMS.items()})
+
+
+def caption_mentions(caption: str, vocabulary: Optional[ObjectVocabulary] = None) -> list[str]:
+    return (vocabulary or AV_OBJECTS).mentions(caption)
+
+
+def _gt_objects(objects: Union[str, Sequence[str]], vocab: ObjectVocabulary) -> set[str]:
+    """Ground-truth objects (each "a/b" = alternatives) as canonical names; an alternative the
+    vocabulary does not know becomes its own object, so it can still be matched."""
+    if isinstance(objects, str):
+        objects = [objects]
+    out = set()
+    for entry in objects:
+        alts = [a.strip() for a in str(entry).split("/") if a.strip()]
+        canon = [vocab.canonical(a) for a in alts]
+        known = [c for c in canon if c is not None]
+        if known:
+            out.update(known)
+        else:
+            for a in alts:
+                vocab.add(a)
+                out.add(vocab.canonical(a))
+    return out
+
+
+def score_captions(predictions, ground_truth, vocabulary: Optional[ObjectVocabulary] = None,
+                   pred_key: str = "pred", id_key: str = "video_id") -> dict:
+    """CHAIR-style object hallucination of captions.
+
+    `predictions`: records (or a path) with `id_key` and `pred_key`; `ground_truth`: records (or a
+    path) in the caption-set format (``objects``: list of ``"a/b"`` alternatives) or a mapping id ->
+    objects. Returns ``{n, chair_i, chair_s, recall, mentions, hallucinated, per_caption}``. An id
+    without ground truth is an error (name it in the ground truth)."""
+    vocab = ObjectVocabulary({k: list(v) for k, v in (vocabulary or AV_OBJECTS).synonyms.items()})
+    if isinstance(ground_truth, Mapping):
+        gt = dict(ground_truth)
+    else:
+        gt = {r[id_key]: r["objects"] for r in read_records(ground_truth)}
+    gt_sets = {k: _gt_objects(v, vocab) for k, v in gt.items()}
+    preds = read_records(predictions)
+    n_mentions = n_hall = n_hall_caps = n_gt = n_gt_hit = 0
+    per = []
+    for r in preds:
+        vid = r[id_key]
+        if vid not in gt_sets:
+            raise KeyError(f"no ground-truth objects for {id_key}={vid!r}; every prediction needs an entry in the caption set")
+        truth = gt_sets[vid]
+        ment = vocab.mentions(r[pred_key])
+        hall = [m for m in ment if m not in truth]
+        n_mentions += len(ment)
+        n_hall += len(hall)
+        n_hall_caps += bool(hall)
+        n_gt += len(truth)
+        n_gt_hit += len(truth & set(ment))
+        per.append({id_key: vid, "mentions": ment, "hallucinated": hall, "objects": sorted(truth)})
+    return {"n": len(preds), "chair_i": n_hall / n_mentions if n_mentions else 0.0,
+            "chair_s": n_hall_caps / len(preds) if preds else float("nan"),
+            "recall": n_gt_hit / n_gt if n_gt else float("nan"), "mentions": n_mentions, "hallucinated": n_hall,
+            "per_caption": per}
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap over the items."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    boots = x[rng.integers(0, x.size, (n_boot, x.size))].mean(1)
+    a = (1 - level) / 2 * 100
+    return float(x.mean()), float(np.percentile(boots, a)), float(np.percentile(boots, 100 - a))
