@@ -1,0 +1,31 @@
+"""Hallucination mitigation at decoding time (METHODS.md section 7; docs/hallucination.md).
+
+    from avlens.mitigation import decode, AVPrompt, SinkSteering, AdaptiveGuidance, VAR, compare_methods
+    out = decode(model, AVPrompt(text, audio=wave, video=frames), SinkSteering(), max_new_tokens=16)
+"""
+
+from avlens.mitigation.decoding import AVPrompt, Branch, DecodeOutput, Method, MethodRun, Plain, decode
+from avlens.mitigation.guidance import AdaptiveGuidance, guidance_target
+from avlens.mitigation.steering import (VAR, SinkConfig, SinkSteering, SteeringSinks, boost_layers, boost_scores, guidance_band,
+                                        redistribute_pattern, steering_sinks)
+
+__all__ = ["AVPrompt", "Branch", "DecodeOutput", "Method", "MethodRun", "Plain", "decode", "AdaptiveGuidance", "guidance_target",
+           "VAR", "SinkConfig", "SinkSteering", "SteeringSinks", "boost_layers", "boost_scores", "guidance_band",
+           "redistribute_pattern", "steering_sinks", "compare_methods", "default_methods"]
+
+
+def default_methods(toy: bool = False) -> dict:
+    """Every implemented method with its published defaults (on the toy model, the attention sink
+    definition with eps = 0.1, since the toy has no massive activations)."""
+    sinks = SinkConfig("attention", eps=0.1, dims=[]) if toy else SinkConfig()
+    from avlens.mitigation.baselines import PAI, VCD
+
+    return {"plain": Plain(), "sink_steering": SinkSteering(sinks=sinks),
+            "adaptive_guidance": AdaptiveGuidance(SinkSteering(sinks=sinks)), "var": VAR(sinks=sinks),
+            "pai": PAI(), "vcd": VCD()}
+
+
+def compare_methods(*args, **kwargs):
+    from avlens.mitigation.compare import compare_methods as run
+
+    return run(*args, **kwargs)

@@ -1,0 +1,158 @@
+"""Run mitigation methods on the same benchmark samples and tabulate them (method x metric, with
+bootstrap confidence intervals and the per-token latency relative to plain decoding).
+
+    from avlens.mitigation import compare_methods, default_methods
+    res = compare_methods(model, "toybench", methods=default_methods(toy=True))
+    res.table            # pandas DataFrame, one row per method
+    res.save("out/")     # table.csv, table.json, predictions_<method>.jsonl
+
+Every method decodes greedily from the same prompts (`decode`); yes/no probes are scored by the
+AVHBench parsers (`parser`, default MAD's), captions by CHAIR. A sample whose media cannot be read is
+recorded in `res.skipped` and left out for every method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from avlens.analysis.hallucination import (AVH_YES_NO_TASKS, ObjectVocabulary, bootstrap_ci, parse_yes_no, read_records,
+                                           score_avhbench, score_captions)
+from avlens.mitigation.decoding import AVPrompt, Method, Plain, decode
+
+__all__ = ["compare_methods", "Comparison", "toy_prompt"]
+
+
+def toy_prompt(question: str) -> str:
+    """The toy model's chat prompt with the audio-in-video placeholder before the question."""
+    from avlens.data import tasks
+
+    return tasks.prompt_text(tasks.Example("presence", question, "", None))
+
+
+@dataclass
+class Comparison:
+    table: "object"  # pandas DataFrame
+    predictions: dict[str, list[dict]]
+    skipped: list[dict] = field(default_factory=list)
+
+    def save(self, out: str) -> None:
+        os.makedirs(out, exist_ok=True)
+        self.table.to_csv(os.path.join(out, "table.csv"), index=False)
+        self.table.to_json(os.path.join(out, "table.json"), orient="records", indent=1)
+        for name, recs in self.predictions.items():
+            with open(os.path.join(out, f"predictions_{name}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in recs)
+
+    def markdown(self, digits: int = 3) -> str:
+        t = self.table
+        cols = ["method", "accuracy", "f1", "yes_ratio", "false_yes_rate", "chair_i", "chair_s", "recall",
+                "ms_per_token", "latency_ratio", "setup_ms"]
+        head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+        rows = []
+        for _, r in t.iterrows():
+            cells = []
+            for c in cols:
+                v = r[c]
+                if c in ("accuracy", "yes_ratio", "false_yes_rate", "chair_i", "chair_s"):
+                    cells.append(f"{v:.{digits}f} [{r[c + '_lo']:.{digits}f}, {r[c + '_hi']:.{digits}f}]")
+                elif isinstance(v, float):
+                    cells.append(f"{v:.{digits if c != 'ms_per_token' else 2}f}")
+                else:
+                    cells.append(str(v))
+            rows.append("| " + " | ".join(cells) + " |")
+        return head + "\n".join(rows)
+
+
+def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = None, media: Optional[Callable] = None,
+                    prompt: Callable[[str], str] = toy_prompt, parser: str = "mad", vocabulary: Optional[ObjectVocabulary] = None,
+                    yes_no_tokens: int = 2, caption_tokens: int = 16, max_items: Optional[int] = None, n_boot: int = 1000,
+                    seed: int = 0, progress: bool = False) -> Comparison:
+    """Run `methods` (name -> Method; default plain only) on the benchmark folder `bench`
+    (`avhbench.json`, `captions.json`, as `write_toy_benchmark` writes or real files in those
+    formats) with media from `media(video_id) -> (waveform, frames, fps)` (default: `ToyMedia`
+    when `bench/clips.json` exists, else `FileMedia(bench)`)."""
+    import pandas as pd
+
+    from avlens.data.halluc_bench import FileMedia, ToyMedia
+
+    methods = methods or {"plain": Plain()}
+    if media is None:
+        media = ToyMedia(bench) if os.path.exists(os.path.join(bench, "clips.json")) else FileMedia(bench)
+    avh = [r for r in read_records(os.path.join(bench, "avhbench.json")) if r["task"] in AVH_YES_NO_TASKS]
+    caps = read_records(os.path.join(bench, "captions.json"))
+    if max_items is not None:
+        avh, caps = avh[:max_items], caps[: max(1, max_items // 6)]
+    cache: dict[str, object] = {}
+    skipped = []
+
+    def get(vid):
+        if vid not in cache:
+            try:
+                cache[vid] = media(vid)
+            except (FileNotFoundError, OSError, ValueError) as e:
+                cache[vid] = None
+                skipped.append({"video_id": vid, "reason": f"{type(e).__name__}: {e}"})
+        return cache[vid]
+
+    items = [("yes_no", r) for r in avh] + [("caption", r) for r in caps]
+    items = [(k, r) for k, r in items if get(r["video_id"]) is not None]
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    preds: dict[str, list[dict]] = {}
+    rows = []
+    for name, method in methods.items():
+        out_recs, secs, setup, n_tok = [], 0.0, 0.0, 0
+        it = items
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(items, desc=name)
+        for kind, r in it:
+            wave, frames, fps = get(r["video_id"])
+            q = r["text"] if kind == "yes_no" else r["prompt"]
+            p = AVPrompt(prompt(q), audio=wave, video=frames, fps=fps)
+            o = decode(model, p, method, yes_no_tokens if kind == "yes_no" else caption_tokens, eos)
+            toks = [t for t in o.tokens[0].tolist() if t != eos]
+            text = model.tokenizer.decode(toks).strip()
+            secs, setup, n_tok = secs + o.seconds, setup + o.setup_seconds, n_tok + o.tokens.shape[1]
+            out_recs.append({**r, "kind": kind, "pred": text, "seconds": o.seconds, "n_tokens": int(o.tokens.shape[1])})
+        preds[name] = out_recs
+        yn = [r for r in out_recs if r["kind"] == "yes_no"]
+        cp = [r for r in out_recs if r["kind"] == "caption"]
+        s = score_avhbench(yn, parser=parser) if yn else None
+        row = {"method": name, "n_yes_no": len(yn), "n_captions": len(cp)}
+        parsed = [parse_yes_no(r["pred"], parser) for r in yn]
+        correct = [float(q == r["label"].lower()) for q, r in zip(parsed, yn)]
+        yes = [float(q == "yes") for q in parsed]
+        false_yes = [float(q == "yes") for q, r in zip(parsed, yn) if r["label"].lower() == "no"]
+        for key, vals in (("accuracy", correct), ("yes_ratio", yes), ("false_yes_rate", false_yes)):
+            row[key], row[key + "_lo"], row[key + "_hi"] = bootstrap_ci(vals, n_boot, seed)
+        row["f1"] = s["pooled"]["f1"] if s else float("nan")
+        row["overall_mad"] = s["overall_mad"] if s else float("nan")
+        if cp:
+            c = score_captions(cp, {r["video_id"]: r["objects"] for r in caps}, vocabulary)
+            per = c["per_caption"]
+            hs = np.array([float(bool(x["hallucinated"])) for x in per])
+            row["chair_s"], row["chair_s_lo"], row["chair_s_hi"] = bootstrap_ci(hs, n_boot, seed)
+            h = np.array([len(x["hallucinated"]) for x in per], float)
+            m = np.array([len(x["mentions"]) for x in per], float)
+            rng = np.random.default_rng(seed)
+            idx = rng.integers(0, len(per), (n_boot, len(per)))
+            boots = h[idx].sum(1) / np.maximum(m[idx].sum(1), 1)
+            row["chair_i"], row["chair_i_lo"], row["chair_i_hi"] = c["chair_i"], float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+            row["recall"] = c["recall"]
+        else:
+            for k in ("chair_s", "chair_i"):
+                row[k] = row[k + "_lo"] = row[k + "_hi"] = float("nan")
+            row["recall"] = float("nan")
+        row["ms_per_token"] = 1000 * secs / max(n_tok, 1)
+        row["setup_ms"] = 1000 * setup / max(len(out_recs), 1)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    base = table.loc[table["method"] == "plain", "ms_per_token"]
+    table["latency_ratio"] = table["ms_per_token"] / float(base.iloc[0]) if len(base) else float("nan")
+    return Comparison(table, preds, skipped)

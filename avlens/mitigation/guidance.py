@@ -1,0 +1,121 @@
+"""The paper's adaptive guidance between the original and the sink-steered model (*Probing
+Cross-modal Information Hubs in Audio-Visual LLMs*, ICML 2026, Sec. 6; official code
+`logic/adaptive_guidance_complex.py`, the version its inference script imports; the older
+`adaptive_guidance_new.py` as `variant="gated"`).
+
+Two branches, each with its own KV cache, one loop. At step t, from the original branch's
+last-query attention in the band `round(18 L / 28) .. round(25 L / 28)`:
+
+    cross = mean attention on the cross-modal sinks (both modalities), uni = the same on the unimodal sinks
+    tm    = attention mass on the non-media positions (text, special, generated tokens)
+    complex: w = cross / (cross + uni); target = min(cap, base_strength * w)
+             if tm > tm_lo: target *= 0.5 (1 + cos(pi min(1, (tm - tm_lo) / tm_width)))
+             if w < w_threshold: target *= (w / w_threshold)^2
+    gated:   w = uni / (cross + uni); target = 0 if w < w_threshold or tm > gate_tm else min(cap, base_strength * w)
+    s_t = momentum s_{t-1} + (1 - momentum) target,  s = 0 for the first `warmup_steps` steps
+    output = log p_orig + s_t (log p_steered - log p_orig)
+
+Defaults: cap 0.6, base_strength 0.5, tm_lo 0.4, tm_width 0.2, w_threshold 0.6, momentum 0.5,
+gate_tm 0.5, warmup_steps 1 (strength 0 at the first decoding step). Note that with the defaults a
+one-token answer (yes/no) is the original model's: set `warmup_steps=0` to guide the first token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from avlens.mitigation.decoding import Branch, Method, MethodRun
+from avlens.mitigation.steering import SinkSteering, _pad_keys, guidance_band, steering_sinks
+
+__all__ = ["guidance_target", "AdaptiveGuidance"]
+
+
+def guidance_target(cross: Tensor, uni: Tensor, tm: Tensor, base_strength: float = 0.5, cap: float = 0.6, tm_lo: float = 0.4,
+                    tm_width: float = 0.2, w_threshold: float = 0.6, variant: str = "complex", gate_tm: float = 0.5,
+                    eps: float = 1e-12) -> Tensor:
+    """The per-step target strength (module docstring), elementwise over samples."""
+    cross, uni, tm = cross.double(), uni.double(), tm.double()
+    denom = (cross + uni).clamp(min=eps)
+    if variant == "complex":
+        w = cross / denom
+        t = torch.clamp(base_strength * w, max=cap)
+        decay = 0.5 * (1 + torch.cos(math.pi * torch.clamp((tm - tm_lo) / tm_width, max=1.0)))
+        t = torch.where(tm > tm_lo, t * decay, t)
+        return torch.where(w < w_threshold, t * (w / w_threshold) ** 2, t)
+    if variant == "gated":
+        w = uni / denom
+        t = torch.clamp(base_strength * w, max=cap)
+        return torch.where((w < w_threshold) | (tm > gate_tm), torch.zeros_like(t), t)
+    raise ValueError(f"variant must be 'complex' or 'gated', got {variant!r}")
+
+
+class _GuidanceRun(MethodRun):
+    def __init__(self, branches, method: "AdaptiveGuidance", cross, uni, media, n_layers):
+        super().__init__(branches)
+        self.m = method
+        self.cross, self.uni, self.media = cross, uni, media  # [b, n_prompt] bool
+        self.acc: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.s: Optional[Tensor] = None
+        self.history: list[Tensor] = []
+
+    def record(self, pattern: Tensor) -> None:
+        a = pattern[:, :, -1, :].float().mean(1)  # [b, k]: last query, head-averaged
+        k = a.shape[1]
+        c, u, med = (_pad_keys(x.to(a.device), k) for x in (self.cross, self.uni, self.media))
+        mean_on = lambda m: (a * m).sum(-1) / m.sum(-1).clamp(min=1)  # noqa: E731
+        self.acc.append((mean_on(c), mean_on(u), (a * ~med).sum(-1)))
+
+    def combine(self, step, logits):
+        cross, uni, tm = (torch.stack(x).mean(0) for x in zip(*self.acc))
+        self.acc = []
+        m = self.m
+        target = guidance_target(cross, uni, tm, m.base_strength, m.cap, m.tm_lo, m.tm_width, m.w_threshold, m.variant, m.gate_tm)
+        if step < m.warmup_steps:
+            s = torch.zeros_like(target)
+        else:
+            prev = self.s if self.s is not None else torch.zeros_like(target)
+            s = m.momentum * prev + (1 - m.momentum) * target
+        self.s = s
+        self.history.append(s)
+        lo, ls = F.log_softmax(logits[0].float(), -1), F.log_softmax(logits[1].float(), -1)
+        return lo + s[:, None].to(lo.dtype) * (ls - lo)
+
+
+class AdaptiveGuidance(Method):
+    """Adaptive guidance between the original model and `steering` (default `SinkSteering()`), with
+    the per-step strength schedule of the module docstring (paper ICML 2026 Sec. 6; official
+    `logic/adaptive_guidance_complex.py`, `variant="gated"`: `adaptive_guidance_new.py`). Two KV
+    caches, one loop. `run.history` holds the strength of every step."""
+
+    name = "adaptive_guidance"
+
+    def __init__(self, steering: Optional[SinkSteering] = None, base_strength: float = 0.5, cap: float = 0.6,
+                 tm_lo: float = 0.4, tm_width: float = 0.2, w_threshold: float = 0.6, momentum: float = 0.5,
+                 variant: str = "complex", gate_tm: float = 0.5, warmup_steps: int = 1, band: tuple = (18, 25, 28)):
+        if variant not in ("complex", "gated"):
+            raise ValueError(f"variant must be 'complex' or 'gated', got {variant!r}")
+        self.steering = steering or SinkSteering()
+        self.base_strength, self.cap, self.tm_lo, self.tm_width = base_strength, cap, tm_lo, tm_width
+        self.w_threshold, self.momentum, self.variant, self.gate_tm = w_threshold, momentum, variant, gate_tm
+        self.warmup_steps, self.band = warmup_steps, band
+
+    def start(self, model, prompt, batch):
+        sinks = steering_sinks(model, batch, self.steering.sinks)
+        steer_hooks = self.steering.fwd_hooks(model, batch, sinks)
+        b, n = batch.shape
+        lay = batch.layout
+        media = lay.mask("audio") | lay.mask("video") | lay.mask("image") | lay.mask("pad")
+        run = _GuidanceRun([], self, sinks.mask("cross", b, n), sinks.mask("unimodal", b, n), media, model.cfg.n_layers)
+
+        def rec(pattern, hook):
+            run.record(pattern)
+
+        band = guidance_band(model.cfg.n_layers, *self.band)
+        orig = Branch(batch, [(f"blocks.{l}.attn.hook_pattern", rec) for l in band], "original")
+        run.branches = [orig, Branch(batch, steer_hooks, "steered")]
+        return run

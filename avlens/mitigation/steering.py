@@ -1,0 +1,239 @@
+"""Attention edits at decoding time: the paper's cross-modal-sink boost and VAR's redistribution.
+
+* `boost_scores(scores, queries, keys, alpha)`: the pre-softmax boost `s += alpha |s|` on chosen
+  (query, key) cells (PAI, Liu et al. ECCV 2024, `attention.py`; reused by the paper's ASD code).
+* `SinkSteering`: the paper's method (*Probing Cross-modal Information Hubs in Audio-Visual LLMs*,
+  ICML 2026, Sec. 6; official code "ASD", `logic/` + modeling file): the boost on the cross-modal
+  sinks (global sinks, N = 3, split by modality dominance), for the text queries after the media in
+  the prefill and for every decoded token, in layers `l > round(5 L / 28)` (the paper's "> 5 of 28").
+* `redistribute_pattern` / `VAR`: Kang et al., ICLR 2025, *See What You Are Told: Visual Attention
+  Sink in Large Multimodal Models* (official code `var`): in rows where the media is attended
+  (>= 0.2 of the row) and its sinks hold at most rho = 0.5 of that, attention on the sink tokens is
+  scaled by p = 0.6 and the freed mass goes to the non-sink media tokens in proportion to their
+  attention (row sums preserved); the last layer is left alone. Generalised to audio and video.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from avlens.analysis.dominance import cross_modal_split, modality_dominance
+from avlens.analysis.sinks import find_sinks
+from avlens.mitigation.decoding import Branch, Method, MethodRun
+
+__all__ = ["SinkConfig", "SteeringSinks", "steering_sinks", "boost_scores", "boost_layers", "guidance_band",
+           "query_mask", "SinkSteering", "redistribute_pattern", "VAR"]
+
+
+def boost_layers(n_layers: int, after: int = 5, of: int = 28) -> list[int]:
+    """Layers `l > round(after * L / of)` (the paper: `l > 5` of 28)."""
+    return [l for l in range(n_layers) if l > round(after * n_layers / of)]
+
+
+def guidance_band(n_layers: int, lo: int = 18, hi: int = 25, of: int = 28) -> list[int]:
+    """`round(lo L / of) .. round(hi L / of)` inclusive, clipped to the model (the paper: 18-25 of 28)."""
+    a, b = round(lo * n_layers / of), min(n_layers - 1, round(hi * n_layers / of))
+    return list(range(min(a, b), b + 1))
+
+
+@dataclass
+class SinkConfig:
+    """How the sinks are found (`find_sinks`): `definition` "hidden" (massive activations, tau) or
+    "attention" (eps); global sinks with `N`; `dims` for the hidden-state definition (None:
+    discovered). Defaults are the paper's; the toy model needs `SinkConfig("attention", eps=0.1,
+    dims=[])` (it has no massive activations, docs/analysis.md)."""
+
+    definition: str = "hidden"
+    N: int = 3
+    tau: float = 25.0
+    eps: float = 0.3
+    dims: Optional[Sequence[int]] = None
+
+
+@dataclass
+class SteeringSinks:
+    """Per sample: cross-modal and unimodal sinks of each modality (positions in the batch)."""
+
+    cross: dict[str, list[list[int]]]
+    unimodal: dict[str, list[list[int]]]
+
+    def positions(self, kind: str, sample: int) -> list[int]:
+        d = self.cross if kind == "cross" else self.unimodal
+        return sorted(p for m in ("audio", "video") for p in d[m][sample])
+
+    def mask(self, kind: str, batch_size: int, n_pos: int, device=None) -> Tensor:
+        m = torch.zeros(batch_size, n_pos, dtype=torch.bool, device=device)
+        for s in range(batch_size):
+            m[s, self.positions(kind, s)] = True
+        return m
+
+
+@torch.no_grad()
+def steering_sinks(model, batch, config: SinkConfig = SinkConfig()) -> SteeringSinks:
+    """Global sinks (N = 3) of each media modality, split into cross-modal and unimodal at the median
+    of their layer-averaged modality dominance score (`cross_modal_split`): for the video sinks the
+    most video-attended half is unimodal, for the audio sinks the most audio-attended half."""
+    batch = model._to_batch(batch)
+    rep = find_sinks(model, batch, dims=config.dims, tau=config.tau, eps=config.eps) if config.dims is not None \
+        else find_sinks(model, batch, tau=config.tau, eps=config.eps)
+    sinks = rep.global_sinks(config.N, definition=config.definition)
+    per_sample = [sinks] if batch.batch_size == 1 else sinks
+    labels = [batch.layout.labels(s) for s in range(batch.batch_size)]
+    cross = {"audio": [], "video": []}
+    uni = {"audio": [], "video": []}
+    mds = modality_dominance(model, batch, per_sample if batch.batch_size > 1 else per_sample[0]) if any(per_sample) else None
+    mds = [mds] if batch.batch_size == 1 else mds
+    for s, ps in enumerate(per_sample):
+        avg = mds[s].mean(0).tolist() if ps else []
+        for m, dom in (("video", "audio"), ("audio", "video")):
+            idx = [i for i, p in enumerate(ps) if labels[s][p] == m]
+            c, u = cross_modal_split([ps[i] for i in idx], [avg[i] for i in idx], dominant=dom)
+            cross[m].append(c)
+            uni[m].append(u)
+    return SteeringSinks(cross, uni)
+
+
+def query_mask(batch, n_q: int, start: int, last_only: bool = False) -> Tensor:
+    """Bool `[b, n_q]`: queries of a call starting at absolute position `start` that come after the
+    sample's last media token (the text after the media; every decoded token). `last_only`: only the
+    call's last query (PAI's "last query")."""
+    lay = batch.layout
+    media = lay.mask("audio") | lay.mask("video") | lay.mask("image")
+    pos = torch.arange(media.shape[1], device=media.device)
+    last_media = torch.where(media, pos, torch.full_like(pos, -1)).amax(1)  # [b]
+    q = start + torch.arange(n_q, device=media.device)
+    m = q[None, :] > last_media[:, None]
+    if last_only:
+        m &= torch.arange(n_q, device=media.device)[None, :] == n_q - 1
+    return m
+
+
+def _pad_keys(keys: Tensor, k: int) -> Tensor:
+    if keys.shape[1] >= k:
+        return keys[:, :k]
+    return torch.cat([keys, keys.new_zeros(keys.shape[0], k - keys.shape[1])], 1)
+
+
+def boost_scores(scores: Tensor, queries: Tensor, keys: Tensor, alpha: float) -> Tensor:
+    """`scores[b, h, q, k] + alpha |scores|` where `queries[b, q]` and `keys[b, k]` both hold."""
+    m = queries[:, None, :, None] & keys[:, None, None, :]
+    return scores + alpha * scores.abs() * m.to(scores.dtype)
+
+
+def boost_hooks(batch, keys: Tensor, layers: Sequence[int], alpha: float, last_only: bool = False) -> list:
+    """`attn.hook_attn_scores` hooks applying `boost_scores` to the queries after the media (or the
+    last query) and the key positions `keys` (`[b, n_prompt]` bool), in prefill and decoding."""
+    keys = keys.bool()
+
+    def hook(scores, hook):
+        q = query_mask(batch, scores.shape[2], hook.start_pos, last_only).to(scores.device)
+        return boost_scores(scores, q, _pad_keys(keys.to(scores.device), scores.shape[3]), alpha)
+
+    return [(f"blocks.{l}.attn.hook_attn_scores", hook) for l in layers]
+
+
+class SinkSteering(Method):
+    """The paper's cross-modal-sink attention steering (ICML 2026, Sec. 6; official code "ASD": the
+    PAI-style boost in the modeling file, commented out in the release, so `alpha=0` reproduces the
+    released behaviour). `s += alpha |s|` on the cross-modal sinks (`steering_sinks`, global sinks
+    with `sinks.N` = 3) for the queries after the media and each decoded token, in layers
+    `l > round(after L / of)`.
+
+    Args: alpha (0.2), sinks (`SinkConfig`), after / of (5 / 28), target ("cross"; "unimodal" steers
+    toward the unimodal sinks instead, a control)."""
+
+    name = "sink_steering"
+
+    def __init__(self, alpha: float = 0.2, sinks: SinkConfig = SinkConfig(), after: int = 5, of: int = 28, target: str = "cross"):
+        if target not in ("cross", "unimodal"):
+            raise ValueError(f"target must be 'cross' or 'unimodal', got {target!r}")
+        self.alpha, self.sinks, self.after, self.of, self.target = alpha, sinks, after, of, target
+
+    def fwd_hooks(self, model, batch, sinks: Optional[SteeringSinks] = None) -> list:
+        """The hooks, for `model.generate(batch, fwd_hooks=...)` or `model.run_with_hooks`. Raises
+        if there is nothing to steer (no target sink or no layer), never a silent no-op."""
+        batch = model._to_batch(batch)
+        sinks = sinks or steering_sinks(model, batch, self.sinks)
+        keys = sinks.mask(self.target, batch.batch_size, batch.shape[1])
+        layers = boost_layers(model.cfg.n_layers, self.after, self.of)
+        if not layers:
+            raise ValueError(f"no layer l > round({self.after} * {model.cfg.n_layers} / {self.of}) to steer")
+        if not bool(keys.any(1).all()):
+            bad = (~keys.any(1)).nonzero().flatten().tolist()
+            raise ValueError(f"samples {bad} have no {self.target} sinks (SinkConfig {self.sinks}); steering would change "
+                             "nothing. Use a looser sink definition (e.g. SinkConfig('attention', eps=0.1, dims=[])) or skip them.")
+        self._last_sinks = sinks
+        return boost_hooks(batch, keys, layers, self.alpha)
+
+    def start(self, model, prompt, batch):
+        return MethodRun([Branch(batch, self.fwd_hooks(model, batch), "steered")])
+
+
+# --------------------------------------------------------------------------------------- VAR
+def redistribute_pattern(pattern: Tensor, queries: Tensor, sinks: Tensor, media: dict[str, Tensor], p: float = 0.6,
+                         rho: float = 0.5, min_media: float = 0.2) -> Tensor:
+    """VAR's redistribution on a softmaxed pattern `[b, h, q, k]`. `queries [b, q]`, `sinks [b, k]`
+    (every sink token, any group), `media` {modality: `[b, k]`}. A row is edited when, for some
+    modality m, m's tokens get >= `min_media` of the row and m's sinks hold <= `rho` of that; then
+    every sink's attention is multiplied by `p` and the freed mass `(1 - p) x (sink attention)` is
+    given to the non-sink tokens of the qualifying modalities in proportion to their attention."""
+    P = pattern.float()
+    S = sinks[:, None, None, :].to(P.device)
+    recv = torch.zeros_like(P, dtype=torch.bool)
+    for M in media.values():
+        Mm = M[:, None, None, :].to(P.device)
+        tot = (P * Mm).sum(-1)
+        in_sinks = (P * (Mm & S)).sum(-1)
+        cond = (tot >= min_media) & (in_sinks <= rho * tot) & queries[:, None, :].to(P.device)
+        recv |= cond[..., None] & Mm & ~S
+    recv_mass = (P * recv).sum(-1, keepdim=True)
+    rows = recv.any(-1, keepdim=True) & (recv_mass > 0)
+    freed = (1 - p) * (P * S).sum(-1, keepdim=True)
+    new = torch.where(S, P * p, P) + torch.where(recv, P / recv_mass.clamp(min=1e-30) * freed, torch.zeros_like(P))
+    return torch.where(rows, new, P).to(pattern.dtype)
+
+
+class VAR(Method):
+    """Visual attention redistribution (Kang et al., ICLR 2025; official code `var`), generalised to
+    audio and video: `redistribute_pattern` on `attn.hook_pattern` in every layer but the last, for
+    the queries after the media and every decoded token. The sinks are each layer's own sink tokens
+    (`find_sinks`, any group, as VAR marks them per layer). Defaults: p = 0.6, rho = 0.5, media share
+    0.2 (the official defaults)."""
+
+    name = "var"
+
+    def __init__(self, p: float = 0.6, rho: float = 0.5, min_media: float = 0.2, sinks: SinkConfig = SinkConfig()):
+        self.p, self.rho, self.min_media, self.sinks = p, rho, min_media, sinks
+
+    def fwd_hooks(self, model, batch) -> list:
+        batch = model._to_batch(batch)
+        c = self.sinks
+        rep = find_sinks(model, batch, dims=c.dims, tau=c.tau, eps=c.eps) if c.dims is not None else find_sinks(model, batch, tau=c.tau, eps=c.eps)
+        L, b, n = model.cfg.n_layers, batch.batch_size, batch.shape[1]
+        per_layer = torch.zeros(L, b, n, dtype=torch.bool)
+        for s in range(b):
+            for l, ps in enumerate(rep.per_layer(s, c.definition)):
+                per_layer[l, s, ps] = True
+        lay = batch.layout
+        media = {m: lay.mask(m).cpu() for m in ("audio", "video", "image") if bool(lay.mask(m).any())}
+        layers = [l for l in range(L - 1) if bool(per_layer[l].any())]
+        if not layers:
+            raise ValueError(f"no sinks in layers 0..{L - 2} (SinkConfig {c}); VAR would change nothing")
+
+        def make(l):
+            def hook(pattern, hook):
+                q = query_mask(batch, pattern.shape[2], hook.start_pos).to(pattern.device)
+                k = pattern.shape[3]
+                s = _pad_keys(per_layer[l].to(pattern.device), k)
+                med = {m: _pad_keys(v.to(pattern.device), k) for m, v in media.items()}
+                return redistribute_pattern(pattern, q, s, med, self.p, self.rho, self.min_media)
+            return hook
+
+        return [(f"blocks.{l}.attn.hook_pattern", make(l)) for l in layers]
+
+    def start(self, model, prompt, batch):
+        return MethodRun([Branch(batch, self.fwd_hooks(model, batch), "var")])

@@ -1,0 +1,170 @@
+"""Decoding-time mitigation (METHODS.md section 7): each attention edit equals a brute-force
+computation from the unsteered pattern, each contrast equals hand-computed logits, and the methods
+run end to end on the toy benchmark through the published scorers."""
+
+import math
+
+import pytest
+import torch
+
+from avlens.data import synth, tasks
+from avlens.data.halluc_bench import write_toy_benchmark
+from avlens.mitigation import (VAR, AdaptiveGuidance, AVPrompt, Plain, SinkConfig, SinkSteering, boost_layers, decode,
+                               guidance_band, guidance_target, redistribute_pattern, steering_sinks)
+from avlens.mitigation.baselines import VCD, PAI, diffusion_noise, pai_contrast, vcd_contrast
+
+TOY_SINKS = SinkConfig("attention", eps=0.1, dims=[])
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from avlens.toy import load_toy
+
+    torch.set_num_threads(1)
+    return load_toy()
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    clip = synth.make_clip("dog", "offscreen", seed=3)
+    return AVPrompt(tasks.prompt_text(tasks.caption(clip)), audio=clip.waveform, video=clip.frames, fps=synth.FPS)
+
+
+def test_layer_ranges_scale_with_depth():
+    assert boost_layers(28) == list(range(6, 28)) and guidance_band(28) == list(range(18, 26))
+    assert boost_layers(4) == [2, 3] and guidance_band(4) == [3]
+
+
+def test_sink_boost_equals_brute_force_on_unsteered_scores(toy, prompt):
+    batch = prompt.build(toy)
+    steer = SinkSteering(alpha=0.2, sinks=TOY_SINKS)
+    sinks = steering_sinks(toy, batch, TOY_SINKS)
+    cross = sinks.positions("cross", 0)
+    assert cross, "the toy clip must have cross-modal sinks for this test"
+    lay = batch.layout
+    media = (lay.mask("audio") | lay.mask("video"))[0]
+    last_media = int(media.nonzero().max())
+    names = [f"blocks.{l}.attn.hook_attn_scores" for l in range(toy.cfg.n_layers)]
+    _, clean = toy.run_with_cache(batch, names_filter=names)
+    # steer one layer at a time so that the reference scores are that layer's unsteered input
+    for l in boost_layers(toy.cfg.n_layers):
+        hooks = [h for h in steer.fwd_hooks(toy, batch, sinks) if h[0] == names[l]]
+        got = {}
+        toy.run_with_hooks(batch, fwd_hooks=hooks + [(names[l], lambda s, hook: got.setdefault("s", s.clone()))])
+        ref = clean[names[l]].clone()
+        for q in range(last_media + 1, batch.shape[1]):
+            for k in cross:
+                ref[0, :, q, k] = ref[0, :, q, k] + 0.2 * ref[0, :, q, k].abs()
+        torch.testing.assert_close(got["s"], ref)
+        assert not torch.equal(got["s"], clean[names[l]])
+
+
+def test_sink_boost_in_decoding_hits_the_new_query_only(toy, prompt):
+    batch = prompt.build(toy)
+    steer = SinkSteering(alpha=0.5, sinks=TOY_SINKS)
+    hooks = steer.fwd_hooks(toy, batch)
+    plain = toy.generate(batch, max_new_tokens=4)
+    steered = toy.generate(batch, max_new_tokens=4, fwd_hooks=hooks)
+    assert not torch.allclose(plain.logits[:, 1:], steered.logits[:, 1:])  # decoding steps are steered
+    assert not toy.hook_dict["blocks.3.attn.hook_attn_scores"].fwd_hooks  # nothing left registered
+    out = decode(toy, prompt, steer, max_new_tokens=4)
+    torch.testing.assert_close(out.scores, steered.logits[:, : out.scores.shape[1]])  # same as generate + hooks
+
+
+def test_no_cross_modal_sink_is_an_error_not_a_no_op(toy, prompt):
+    with pytest.raises(ValueError, match="no cross sinks"):
+        SinkSteering(sinks=SinkConfig("attention", eps=0.99, dims=[])).fwd_hooks(toy, prompt.build(toy))
+
+
+def test_var_redistribution_equals_brute_force_and_keeps_row_sums():
+    g = torch.Generator().manual_seed(0)
+    P = torch.softmax(torch.randn(2, 3, 4, 10, generator=g) * 2, -1)
+    queries = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 1]], dtype=torch.bool)
+    sinks = torch.zeros(2, 10, dtype=torch.bool)
+    sinks[:, [0, 2, 6]] = True  # 0: a text sink, 2: a video sink, 6: an audio sink
+    video = torch.zeros(2, 10, dtype=torch.bool)
+    video[:, 1:5] = True
+    audio = torch.zeros(2, 10, dtype=torch.bool)
+    audio[:, 5:8] = True
+    out = redistribute_pattern(P, queries, sinks, {"video": video, "audio": audio}, p=0.6, rho=0.5, min_media=0.2)
+    ref = P.clone()
+    edited = 0
+    for b in range(2):
+        for h in range(3):
+            for q in range(4):
+                row = P[b, h, q]
+                recv = []
+                for M in (video[b], audio[b]):
+                    tot = sum(float(row[k]) for k in range(10) if M[k])
+                    s = sum(float(row[k]) for k in range(10) if M[k] and sinks[b, k])
+                    if queries[b, q] and tot >= 0.2 and s <= 0.5 * tot:
+                        recv += [k for k in range(10) if M[k] and not sinks[b, k]]
+                if not recv:
+                    continue
+                edited += 1
+                freed = 0.4 * sum(float(row[k]) for k in range(10) if sinks[b, k])
+                mass = sum(float(row[k]) for k in recv)
+                new = row.clone()
+                for k in range(10):
+                    if sinks[b, k]:
+                        new[k] = row[k] * 0.6
+                for k in recv:
+                    new[k] = row[k] + row[k] / mass * freed
+                ref[b, h, q] = new
+    assert 0 < edited < 24
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, 3, 4))
+
+
+def test_guidance_schedule_hand_computed():
+    cross, uni, tm = torch.tensor([0.3, 0.1, 0.3]), torch.tensor([0.1, 0.3, 0.1]), torch.tensor([0.2, 0.2, 0.5])
+    t = guidance_target(cross, uni, tm)
+    # w = 0.75 -> 0.5 * 0.75 = 0.375 (no decay, w >= 0.6)
+    # w = 0.25 -> 0.125 * (0.25 / 0.6)^2
+    # w = 0.75, tm = 0.5 -> 0.375 * 0.5 (1 + cos(pi / 2)) = 0.1875
+    torch.testing.assert_close(t, torch.tensor([0.375, 0.125 * (0.25 / 0.6) ** 2, 0.1875], dtype=torch.float64))
+    g = guidance_target(cross, uni, tm, variant="gated")  # w = uni / (cross + uni)
+    torch.testing.assert_close(g, torch.tensor([0.0, 0.375, 0.0], dtype=torch.float64))
+
+
+def test_adaptive_guidance_combines_the_two_branches_with_the_schedule(toy, prompt):
+    ag = AdaptiveGuidance(SinkSteering(alpha=1.0, sinks=TOY_SINKS))
+    out = decode(toy, prompt, ag, max_new_tokens=5)
+    s = [float(x) for x in out.run.history]
+    assert s[0] == 0.0 and out.n_branches == 2
+    # momentum 0.5: s_t = 0.5 s_{t-1} + 0.5 target_t, target in [0, 0.6]
+    assert all(0 <= b <= 0.5 * a + 0.3 + 1e-9 for a, b in zip(s, s[1:]))
+    # step 0 has strength 0: the output is the original model's log-probs
+    plain = toy.generate(prompt.build(toy), max_new_tokens=1)
+    torch.testing.assert_close(out.scores[:, 0], torch.log_softmax(plain.logits[:, 0].float(), -1))
+
+
+def test_contrasts_equal_hand_computed_logits():
+    z = torch.tensor([[2.0, 1.0, -3.0]])
+    zn = torch.tensor([[1.0, 2.0, 0.0]])
+    # VCD: 2 z - zn = [3, 0, -6]; cutoff log(0.1) + 2 = -0.303: token 2 (z=-3) dropped
+    torch.testing.assert_close(vcd_contrast(z, zn), torch.tensor([[3.0, 0.0, float("-inf")]]))
+    lp, lu = torch.log_softmax(z, -1), torch.log_softmax(zn, -1)
+    ref = 1.1 * (lp - lu) + lu
+    ref[0, 2] = float("-inf")
+    torch.testing.assert_close(pai_contrast(z, zn), ref)
+
+
+def test_diffusion_noise_matches_vcd_schedule():
+    betas = [1 / (1 + math.exp(-(-6 + 12 * i / 999))) * (0.5e-2 - 1e-5) + 1e-5 for i in range(1000)]
+    abar = math.prod(1 - b for b in betas[:501])
+    x = torch.ones(20000)
+    y = diffusion_noise(x, 500, generator=torch.Generator().manual_seed(0))
+    assert abs(float(y.mean()) - math.sqrt(abar)) < 0.02 and abs(float(y.std()) - math.sqrt(1 - abar)) < 0.02
+
+
+def test_methods_run_on_the_toy_benchmark(toy, tmp_path):
+    from avlens.mitigation.compare import compare_methods
+
+    write_toy_benchmark(str(tmp_path), n_clips=2, seed=7)
+    methods = {"plain": Plain(), "sink_steering": SinkSteering(sinks=TOY_SINKS), "var": VAR(sinks=TOY_SINKS), "pai": PAI(), "vcd": VCD()}
+    res = compare_methods(toy, str(tmp_path), methods, n_boot=50)
+    t = res.table.set_index("method")
+    assert list(t.index) == list(methods) and (t["n_yes_no"] > 0).all() and (t["n_captions"] == 2).all()
+    assert t.loc["plain", "latency_ratio"] == 1.0 and (t["accuracy"] >= 0).all()
+    assert all(len(p) == len(res.predictions["plain"]) for p in res.predictions.values())
