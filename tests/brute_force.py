@@ -1,4 +1,4 @@
-"""Brute-force references for the causal toolkit's tests (no tests here).
+"""Brute-force references and shared inputs for the causal toolkit's tests (no tests here).
 
 Each intervention is one full `model.run_with_hooks` on the whole batch: no no-op skipping, no
 batching of patches, no start-at-layer, no key/value reuse, logits everywhere. This is the
@@ -12,6 +12,38 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+import hf_reference as R
+
+#: the tiny thinker the toolkit's tests use (GQA: 4 query heads, 2 KV heads)
+VARIANT = "gqa2_hd16"
+
+
+def registered(model) -> list:
+    """Hook points that hold a hook (none should after any intervention, failed or not)."""
+    return [repr(hp) for hp in model.hook_points() if hp.fwd_hooks or hp.bwd_hooks]
+
+
+def answer_prob():
+    from avlens import patching
+
+    return patching.AnswerProb(torch.tensor([5, 17]))
+
+
+def audio_in_video_pair(model, config, zero: str, seed: int = 0, batch: int = 2):
+    """A left-padded audio-in-video batch and its copy with one modality's raw input zeroed."""
+    from avlens import patching
+
+    clean = model.prepare(**R.make_inputs(config, "audio_in_video", batch=batch, seed=seed))
+    return clean, patching.corruptions.zero_media(model, clean, zero)
+
+
+def four_layer_model(seed: int = 3):
+    """A private 4-layer version of VARIANT (for layer windows): (hf, HookedAVTransformer)."""
+    import avlens
+
+    hf4 = R.make_hf_thinker(dict(R.get_variant(VARIANT), name=VARIANT + "_l4", num_hidden_layers=4), seed=seed)
+    return hf4, avlens.HookedAVTransformer.from_hf(hf4)
 
 
 def last_position(batch) -> Tensor:

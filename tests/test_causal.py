@@ -9,18 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import avlens
 import hf_reference as R
 from avlens import patching
 from avlens.interventions.grid import layer_windows
-from brute_force import at_last, column, patch_cells, run_metric
+from brute_force import VARIANT, answer_prob, at_last, audio_in_video_pair, column, four_layer_model, patch_cells, registered, run_metric
 
-VARIANT = "gqa2_hd16"
 TOL = 1e-5
-
-
-def registered(model) -> list:
-    return [repr(hp) for hp in model.hook_points() if hp.fwd_hooks or hp.bwd_hooks]
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +29,14 @@ def model(hooked_model):
 
 @pytest.fixture(scope="module")
 def aiv(hf, model):
-    clean = model.prepare(**R.make_inputs(hf.config, "audio_in_video", batch=2, seed=0))
-    return clean, patching.corruptions.zero_media(model, clean, "audio")
+    return audio_in_video_pair(model, hf.config, "audio")
 
 
 @pytest.fixture(scope="module")
 def deep():
     """A 4-layer GQA thinker (private) and an audio-in-video batch of 2 with video zeroed."""
-    v = dict(R.get_variant(VARIANT), name="gqa2_hd16_l4", num_hidden_layers=4)
-    hf4 = R.make_hf_thinker(v, seed=3)
-    m4 = avlens.HookedAVTransformer.from_hf(hf4)
-    clean = m4.prepare(**R.make_inputs(hf4.config, "audio_in_video", batch=2, seed=2))
-    return m4, clean, patching.corruptions.zero_media(m4, clean, "video")
-
-
-def answer_prob():
-    return patching.AnswerProb(torch.tensor([5, 17]))
+    hf4, m4 = four_layer_model()
+    return (m4,) + audio_in_video_pair(m4, hf4.config, "video", seed=2)
 
 
 # --------------------------------------------------------------------------------- ROME

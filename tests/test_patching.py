@@ -18,14 +18,9 @@ import avlens
 import hf_reference as R
 from avlens import patching
 from avlens.interventions.patching import kv_heads_expanded
-from brute_force import at_last, column, everywhere, patch_cells, run_metric
+from brute_force import VARIANT, answer_prob, audio_in_video_pair, column, everywhere, four_layer_model, patch_cells, registered, run_metric
 
-VARIANT = "gqa2_hd16"
 TOL = 1e-5
-
-
-def registered(model) -> list:
-    return [repr(hp) for hp in model.hook_points() if hp.fwd_hooks or hp.bwd_hooks]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +36,7 @@ def model(hooked_model):
 @pytest.fixture(scope="module")
 def aiv(hf, model):
     """Audio-in-video, 2 samples (left padding), audio zeroed at the raw-signal level."""
-    clean = model.prepare(**R.make_inputs(hf.config, "audio_in_video", batch=2, seed=0))
-    return clean, patching.corruptions.zero_media(model, clean, "audio")
+    return audio_in_video_pair(model, hf.config, "audio")
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +48,7 @@ def mixed(hf, model):
 
 @pytest.fixture(scope="module")
 def model4():
-    """A 4-layer GQA thinker (private: for layer windows)."""
-    v = dict(R.get_variant(VARIANT), name="gqa2_hd16_l4", num_hidden_layers=4)
-    hf4 = R.make_hf_thinker(v, seed=3)
-    return hf4, avlens.HookedAVTransformer.from_hf(hf4)
-
-
-def answer_prob(n=2):
-    return patching.AnswerProb(torch.tensor([5, 17, 40][:n]))
+    return four_layer_model()
 
 
 def site_hook(site):
@@ -410,3 +397,37 @@ def test_other_corruptions_keep_positions_and_change_only_their_group(model, aiv
         patching.corruptions.zero_media(model, swapped, "audio")
     with pytest.raises(ValueError, match="sigma"):
         patching.corruptions.gaussian_noise(model, clean, "audio")
+
+
+# --------------------------------------------------------------------------------- other families
+
+
+def test_deepstack_family_patching_equals_brute_force():
+    """Qwen3-Omni adds DeepStack features between its first blocks, so a forward from a middle
+    layer over later positions is not exact there: the sweep runs full (batched) forwards, and
+    zero_media re-encodes the DeepStack features with the frames."""
+    import qwen3_reference as Q
+    from avlens.data.media import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from avlens.interventions.engine import partial_forward_exact
+
+    hf3 = Q.make_thinker()
+    m3 = avlens.HookedAVTransformer.from_hf(hf3, token_ids=Q.token_ids())
+    assert not partial_forward_exact(m3)
+    inputs = Q.make_inputs("audio_in_video", 2)
+    clean = m3.prepare(**inputs)
+    corrupted = patching.corruptions.zero_media(m3, clean, "video")
+    black = torch.tensor([-m / s for m, s in zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)]).repeat_interleave(2 * 16 * 16)
+    ref = m3.prepare(**dict(inputs, pixel_values_videos=black.expand_as(inputs["pixel_values_videos"]).clone()))
+    torch.testing.assert_close(corrupted.features["video"], ref.features["video"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(corrupted.deepstack["video"], ref.deepstack["video"], atol=1e-5, rtol=0)
+    metric = answer_prob()
+    L = m3.cfg.n_layers
+    res = patching.activation_patch(m3, clean, corrupted, metric, over=("layer", "group"), groups=["video", "audio", "last"])
+    cells = [((l,), clean.layout.mask(g), None) for l in range(L) for g in ["video", "audio", "last"]]
+    torch.testing.assert_close(res.per_sample.reshape(-1, 2), patch_cells(m3, corrupted, clean, metric, site_hook("resid_pre"), cells),
+                               atol=TOL, rtol=0)
+    res = patching.activation_patch(m3, clean, corrupted, metric, site="z", over=("layer", "head"))
+    cells = [((l,), everywhere(clean), h) for l in range(L) for h in range(m3.cfg.n_heads)]
+    torch.testing.assert_close(res.per_sample.reshape(-1, 2), patch_cells(m3, corrupted, clean, metric, site_hook("z"), cells),
+                               atol=TOL, rtol=0)
+    assert not registered(m3)

@@ -18,13 +18,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from avlens.interventions.corruptions import aligned_batches
 from avlens.interventions.engine import BaseRun, SweepStats, _final_resid_hook, _gather, make_reading, run_base
-from avlens.interventions.grid import build_grid, normalize_over
 from avlens.interventions.metrics import takes_batch
-from avlens.interventions.patching import DIRECTIONS, kv_heads_expanded, metrics_dict, site_heads
+from avlens.interventions.patching import kv_heads_expanded, metrics_dict, setup_sweep
 from avlens.interventions.results import assemble
-from avlens.interventions.sites import resolve_site
 
 
 def attribution_patch(
@@ -48,24 +45,13 @@ def attribution_patch(
     """Estimates of `activation_patch(...)`'s grid (same arguments and axes) from gradients:
     `result.values` estimates the patched metric; `result.extras["attribution"]` holds the
     estimated change per cell and sample."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
     t0 = time.perf_counter()
-    L = model.cfg.n_layers
-    clean_b, corrupted_b = aligned_batches(model, clean, corrupted)
-    site_ = resolve_site(site, L)
-    if site_.layer is not None:
-        layers = [site_.layer]
-    if expand_kv and not site_.kv:
-        raise ValueError(f"expand_kv applies to the k and v sites (KV heads); site {site!r} has none")
-    dims = normalize_over(over)
-    base_b, source_b = (corrupted_b, clean_b) if direction == "denoising" else (clean_b, corrupted_b)
     metrics = metrics_dict(metric)
+    axes = dict(layers=layers, positions=positions, groups=groups, token_sets=token_sets, windows=windows, heads=heads)
     with kv_heads_expanded(model, expand_kv):
-        grid = build_grid(dims, base_b.layout, L, site_heads(model, site_), layers=layers, positions=positions, groups=groups,
-                          token_sets=token_sets, windows=windows, heads=heads, site_name=site)
-        used = sorted({l for c in grid.cells for l in c.layers})
-        names = {l: site_.hook(l) for l in used}
+        job = setup_sweep(model, clean, corrupted, site, over, direction, expand_kv, axes)
+        grid, names, base_b, source_b = job.grid, job.names, job.base, job.source
+        used = list(names)
         reading = make_reading(metrics, base_b, logits_at)
         source = run_base(model, source_b, reading, list(names.values()), state=False)
         acts, read = _forward_with_graph(model, base_b, reading, list(names.values()))

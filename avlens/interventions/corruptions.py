@@ -67,7 +67,8 @@ def _check_modality(batch: AVBatch, modality: str) -> None:
 
 def _reencoded(model, batch: AVBatch, modality: str, fill: Tensor) -> AVBatch:
     """`batch` with the modality's encoder input replaced by `fill` (broadcast to its shape) and
-    re-encoded; the other modalities' features are kept as they are."""
+    the media re-encoded (the family's `encode_media` / `make_batch`, so whatever else its encoders
+    feed the decoder, such as Qwen3-Omni's DeepStack features, follows)."""
     _check_modality(batch, modality)
     key = _RAW_KEYS[modality]
     raw = batch.raw or {}
@@ -81,18 +82,12 @@ def _reencoded(model, batch: AVBatch, modality: str, fill: Tensor) -> AVBatch:
     new_raw = dict(raw)
     new_raw[key] = fill.to(old.device, old.dtype).expand_as(old).clone()
     with torch.no_grad():
-        feats = model.encode_media(_only(new_raw, key))[modality]
-    return replace(batch, features={**batch.features, modality: feats.to(batch.features[modality].dtype)}, raw=new_raw)
-
-
-def _only(raw: dict, key: str) -> dict:
-    """The raw inputs of one modality (so only its encoder runs)."""
-    keep = {
-        "input_features": ("input_features", "feature_attention_mask"),
-        "pixel_values_videos": ("pixel_values_videos", "video_grid_thw", "video_second_per_grid"),
-        "pixel_values": ("pixel_values", "image_grid_thw"),
-    }[key]
-    return {k: raw.get(k) for k in keep}
+        fresh = model.encode_media(new_raw)  # deterministic: the other modalities come out as before
+    fields = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                  layout=batch.layout, features={**batch.features, **fresh}, rope_deltas=batch.rope_deltas,
+                  inputs_embeds=batch.inputs_embeds, raw=new_raw)
+    make = getattr(model, "make_batch", None)
+    return make(**fields) if make is not None else AVBatch(**fields)
 
 
 def _silence(model, modality: str, raw: Tensor) -> Tensor:
@@ -203,6 +198,12 @@ def swap_media(batch: AVBatch, modality: str, donor: Optional[AVBatch] = None, p
     sample i, or of this batch's sample `permutation[i]`. Token counts must match per sample
     (positions then stay aligned); the raw inputs are dropped (they no longer match)."""
     _check_modality(batch, modality)
+    if type(batch) is not AVBatch:
+        raise TypeError(
+            f"swap_media swaps the spliced {modality} features only, but this family's batch "
+            f"({type(batch).__name__}) carries more per-media inputs; build the swapped batch with "
+            "model.prepare / model.prepare_media from the other sample's media instead."
+        )
     if (donor is None) == (permutation is None):
         raise ValueError("pass exactly one of donor= (another batch) or permutation= (a sample order)")
     src = batch if donor is None else donor

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from avlens.batch import AVBatch
-from avlens.model.components import KVCache
+from avlens.model.components import KVCache, TransformerBlock
 from avlens.interventions.metrics import evaluate, metric_name, metric_reads, takes_batch
 
 #: (start layer, first position) where a cell can first change the run; None: a no-op
@@ -207,6 +207,14 @@ def greedy_steps(model, batch: AVBatch, cache: KVCache, first: Tensor, steps: in
 # ----------------------------------------------------------------------------------- sweep
 
 
+def partial_forward_exact(model) -> bool:
+    """Whether a forward from layer l over positions p.. (given the residual stream there and the
+    earlier positions' keys and values) reproduces the full forward: true when every block is the
+    standard pre-norm block. A family whose blocks add inputs of their own (Qwen3-Omni's DeepStack
+    adds visual features after its first blocks) gets full forwards instead, still batched."""
+    return all(type(b).forward is TransformerBlock.forward for b in model.blocks)
+
+
 @dataclass
 class SweepStats:
     n_cells: int = 0
@@ -277,6 +285,8 @@ def run_sweep(
     for k, v in base.scores.items():
         out[k][skipped] = v.cpu()
 
+    if not partial_forward_exact(model):
+        plans = [None if p is None else (0, 0) for p in plans]
     budget = _budget(model, memory_budget)
     read_len = S if reading.all else reading.positions.shape[1]
     read_width = model.cfg.d_vocab_out if reading.what == "logits" else model.cfg.d_model
@@ -369,8 +379,11 @@ def _run_chunk(model, base: BaseRun, ids: Sequence[int], start: int, p0: int, ho
     L = model.cfg.n_layers
     n = len(ids)
     rows = torch.arange(b, device=batch.device).repeat(n)
-    sub = tile_batch(batch, rows, p0)
-    x = base.resid_pre[start][:, p0:].repeat(n, 1, 1)
+    full = start == 0 and p0 == 0 and not partial_forward_exact(model)
+    if full:  # the whole batch from its inputs (the family's own batch type, media included)
+        sub, x = batch.select(rows.tolist()), None
+    else:
+        sub, x = tile_batch(batch, rows, p0), base.resid_pre[start][:, p0:].repeat(n, 1, 1)
     cache = KVCache(L)
     cache.key_mask = batch.attention_mask[rows]
     if p0 > 0:
@@ -400,7 +413,10 @@ def _run_chunk(model, base: BaseRun, ids: Sequence[int], start: int, p0: int, ho
     if reading.what == "resid":
         kw["return_type"] = None
     with torch.no_grad(), model.hooks(fwd_hooks=wrapped):
-        out = model.forward(x, start_at_layer=start, batch=sub, kv_cache=cache, **kw)
+        if full:
+            out = model.forward(sub, kv_cache=cache, **kw)
+        else:
+            out = model.forward(x, start_at_layer=start, batch=sub, kv_cache=cache, **kw)
     missing = sorted({name for name, _ in hooks} - fired)
     if missing:
         raise RuntimeError(

@@ -15,11 +15,13 @@ positions a patch can change recomputed.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from avlens.batch import AVBatch
 from avlens.interventions.corruptions import aligned_batches
 from avlens.interventions.engine import Plan, first_true, make_reading, replace_hook, run_base, run_sweep
 from avlens.interventions.grid import Cell, Grid, build_grid, normalize_over
@@ -128,6 +130,39 @@ def site_heads(model, site: Site) -> Optional[int]:
     return c.n_heads
 
 
+@dataclass
+class SweepSetup:
+    """The batches, the grid and the hook names of a patching sweep."""
+
+    base: AVBatch  # the run patches go into (corrupted when denoising)
+    source: AVBatch  # the run patched values come from
+    site: Site
+    grid: Grid
+    names: dict[int, str]  # layer -> the site's hook there
+
+
+def setup_sweep(model, clean, corrupted, site: str, over, direction: str, expand_kv: bool, axes: dict) -> SweepSetup:
+    """Check the arguments shared by `activation_patch` and `attribution_patch` and build the
+    grid (call inside `kv_heads_expanded(model, expand_kv)`: the head count depends on it)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
+    L = model.cfg.n_layers
+    clean_b, corrupted_b = aligned_batches(model, clean, corrupted)
+    site_ = resolve_site(site, L)
+    axes = dict(axes)
+    if site_.layer is not None:
+        if axes.get("layers") is not None and list(axes["layers"]) != [site_.layer]:
+            raise ValueError(f"site {site!r} fixes the layer to {site_.layer}; drop layers= or name the site without its layer")
+        axes["layers"] = [site_.layer]
+    dims = normalize_over(over)
+    if expand_kv and not site_.kv:
+        raise ValueError(f"expand_kv applies to the k and v sites (KV heads); site {site!r} has none")
+    base_b, source_b = (corrupted_b, clean_b) if direction == "denoising" else (clean_b, corrupted_b)
+    grid = build_grid(dims, base_b.layout, L, site_heads(model, site_), site_name=site, **axes)
+    names = {l: site_.hook(l) for l in sorted({l for c in grid.cells for l in c.layers})}
+    return SweepSetup(base_b, source_b, site_, grid, names)
+
+
 def activation_patch(
     model,
     clean,
@@ -182,27 +217,13 @@ def activation_patch(
         verify: raise `NoOpError` for any cell that cannot change, or did not change, the output.
         progress: show a progress bar (default: for sweeps of more than 20 forward passes).
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
-    L = model.cfg.n_layers
-    clean_b, corrupted_b = aligned_batches(model, clean, corrupted)
-    site_ = resolve_site(site, L)
-    if site_.layer is not None:
-        if layers is not None and list(layers) != [site_.layer]:
-            raise ValueError(f"site {site!r} fixes the layer to {site_.layer}; drop layers= or name the site without its layer")
-        layers = [site_.layer]
-    dims = normalize_over(over)
-    if expand_kv and not site_.kv:
-        raise ValueError(f"expand_kv applies to the k and v sites (KV heads); site {site!r} has none")
     if answer_steps < 1:
         raise ValueError(f"answer_steps must be >= 1, got {answer_steps}")
-    base_b, source_b = (corrupted_b, clean_b) if direction == "denoising" else (clean_b, corrupted_b)
     metrics = metrics_dict(metric)
+    axes = dict(layers=layers, positions=positions, groups=groups, token_sets=token_sets, windows=windows, heads=heads)
     with kv_heads_expanded(model, expand_kv):
-        grid = build_grid(dims, base_b.layout, L, site_heads(model, site_), layers=layers, positions=positions, groups=groups,
-                          token_sets=token_sets, windows=windows, heads=heads, site_name=site)
-        used = sorted({l for c in grid.cells for l in c.layers})
-        names = {l: site_.hook(l) for l in used}
+        job = setup_sweep(model, clean, corrupted, site, over, direction, expand_kv, axes)
+        grid, names, base_b, source_b = job.grid, job.names, job.base, job.source
         reading = make_reading(metrics, base_b, logits_at, answer_steps)
         base = run_base(model, base_b, reading, list(names.values()), answer_steps)
         base.bind(metrics)
