@@ -534,7 +534,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_hub.add_argument("--definition", default=HUB_SETTINGS["definition"], choices=("auto", "hidden", "attention"))
     p_hub.add_argument("--eps", type=float, default=HUB_SETTINGS["eps"])
     p_hub.add_argument("--min-audio-chunks", type=int, default=HUB_SETTINGS["min_audio_chunks"])
-    p_hub.add_argument("--answer-steps", type=_positive, default=1)
+    p_hal = sub.add_parser("hallucination", help="compare hallucination mitigation methods on the toy benchmark (docs/hallucination.md)")
+    p_hal.add_argument("--out", default="avlens-hallucination", help="folder for the benchmark files, table.csv/json and predictions")
+    p_hal.add_argument("--n-clips", type=_positive, default=60)
+    p_hal.add_argument("--seed", type=int, default=2000)
+    p_hal.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
+    p_hal.add_argument("--parser", default="mad", choices=("mad", "avcd"))
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "train-toy":
@@ -548,7 +553,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         info(args.path_or_id)
     elif args.command == "hub-study":
         hub_study(args.out, args.n_clips, args.seed, args.definition, args.eps, args.min_audio_chunks, args.answer_steps)
+    elif args.command == "hallucination":
+        hallucination(args.out, args.n_clips, args.seed, args.methods, args.parser)
     return 0
+
+
+def hallucination(out: str, n_clips: int, seed: int, methods: Optional[str], parser: str) -> None:
+    """Write the toy hallucination benchmark, run every method on it, print and save the table."""
+    from avlens.data.halluc_bench import write_toy_benchmark
+    from avlens.mitigation import compare_methods, default_methods
+    from avlens.toy import load_toy
+
+    model = load_toy()
+    all_methods = default_methods(toy=True)
+    names = list(all_methods) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in names if m not in all_methods]
+    if bad:
+        raise SystemExit(f"unknown methods {bad}; choose from {list(all_methods)}")
+    bench = str(Path(out) / "bench")
+    write_toy_benchmark(bench, n_clips=n_clips, seed=seed)
+    res = compare_methods(model, bench, {m: all_methods[m] for m in names}, parser=parser, progress=True)
+    res.save(out)
+    (Path(out) / "table.md").write_text(res.markdown() + "\n")
+    print(res.markdown())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ bootstrap confidence intervals and the per-token latency relative to plain decod
     res.save("out/")     # table.csv, table.json, predictions_<method>.jsonl
 
 Every method decodes greedily from the same prompts (`decode`); yes/no probes are scored by the
-AVHBench parsers (`parser`, default MAD's), captions by CHAIR. A sample whose media cannot be read is
+AVHBench parsers (`parser`, default MAD's), captions by CHAIR. Where a method has nothing to edit
+on a sample (it raises ValueError, e.g. no cross-modal sink), that sample is decoded plainly and
+counted in `n_not_applied`. A sample whose media cannot be read is
 recorded in `res.skipped` and left out for every method.
 """
 
@@ -50,7 +52,7 @@ class Comparison:
 
     def markdown(self, digits: int = 3) -> str:
         t = self.table
-        cols = ["method", "accuracy", "f1", "yes_ratio", "false_yes_rate", "chair_i", "chair_s", "recall",
+        cols = ["method", "n_not_applied", "accuracy", "f1", "yes_ratio", "false_yes_rate", "chair_i", "chair_s", "recall",
                 "ms_per_token", "latency_ratio", "setup_ms"]
         head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
         rows = []
@@ -115,16 +117,21 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             wave, frames, fps = get(r["video_id"])
             q = r["text"] if kind == "yes_no" else r["prompt"]
             p = AVPrompt(prompt(q), audio=wave, video=frames, fps=fps)
-            o = decode(model, p, method, yes_no_tokens if kind == "yes_no" else caption_tokens, eos)
+            n_new = yes_no_tokens if kind == "yes_no" else caption_tokens
+            try:
+                o, applied = decode(model, p, method, n_new, eos), True
+            except ValueError:  # nothing to steer on this sample (e.g. no cross-modal sink): plain decoding, counted
+                o, applied = decode(model, p, Plain(), n_new, eos), False
             toks = [t for t in o.tokens[0].tolist() if t != eos]
             text = model.tokenizer.decode(toks).strip()
             secs, setup, n_tok = secs + o.seconds, setup + o.setup_seconds, n_tok + o.tokens.shape[1]
-            out_recs.append({**r, "kind": kind, "pred": text, "seconds": o.seconds, "n_tokens": int(o.tokens.shape[1])})
+            out_recs.append({**r, "kind": kind, "pred": text, "seconds": o.seconds, "n_tokens": int(o.tokens.shape[1]),
+                             "applied": applied})
         preds[name] = out_recs
         yn = [r for r in out_recs if r["kind"] == "yes_no"]
         cp = [r for r in out_recs if r["kind"] == "caption"]
         s = score_avhbench(yn, parser=parser) if yn else None
-        row = {"method": name, "n_yes_no": len(yn), "n_captions": len(cp)}
+        row = {"method": name, "n_yes_no": len(yn), "n_captions": len(cp), "n_not_applied": sum(not r["applied"] for r in out_recs)}
         parsed = [parse_yes_no(r["pred"], parser) for r in yn]
         correct = [float(q == r["label"].lower()) for q, r in zip(parsed, yn)]
         yes = [float(q == "yes") for q in parsed]
