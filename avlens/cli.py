@@ -163,9 +163,11 @@ def run_demo(n_clips: int = 6, seed: int = 0, progress=None, hub_clips: int = HU
     done(DEMO_STEPS[5])
     summary = model.attention_group_summary(batch)
     done(DEMO_STEPS[6])
-    from avlens.analysis import cross_modal_hub_study, find_sinks, toy_samples
+    from avlens.analysis import cross_modal_hub_study, find_sink_dims, find_sinks, toy_samples
 
+    sink_dims = find_sink_dims(model, [batch])
     sinks = find_sinks(model, batch, dims=[], eps=HUB_SETTINGS["eps"])
+    sinks.sink_dims = sink_dims
     study = cross_modal_hub_study(model, toy_samples(model, synth.make_dataset(hub_clips, seed=HUB_SEED)), progress=False,
                                   **HUB_SETTINGS)
     done(DEMO_STEPS[7])
@@ -393,6 +395,14 @@ def eval_results(settings: dict) -> Optional[dict]:
     return None
 
 
+def _dims_sentence(d) -> str:
+    if not d.dims:
+        return (f"no massive activations (largest |activation| {float(d.max_abs.max()):.3g}, largest ratio to the "
+                f"median {float(d.max_ratio.max()):.3g}; the rule asks for > {d.min_abs:g} and >= {d.min_ratio:g}x), so the "
+                "hidden-state definition finds nothing here.")
+    return f"massive activations in dims {d.dims[:8]} (the hidden-state definition applies)."
+
+
 def _hub_section(report, run: DemoRun) -> None:
     """Sink tokens of clip 0 and the small unimodal-dominance study (METHODS.md sections 1-5)."""
     report.add_section("Cross-modal sinks", id="hubs")
@@ -402,8 +412,7 @@ def _hub_section(report, run: DemoRun) -> None:
     report.add_text(
         f"Sink tokens of clip {_clip_name(0, run.examples[0])} by the attention definition (a position receiving a mean "
         f"attention above eps = {rep.eps:g} from the queries after it, in some head; uniform attention here would be "
-        f"1/{run.batch.shape[1]}). The toy model has no massive activations (find_sink_dims finds no dimension above "
-        "100 and 1000x the median), so the hidden-state definition finds nothing. Sinks at any layer: "
+        f"1/{run.batch.shape[1]}). find_sink_dims on these clips: {_dims_sentence(rep.sink_dims)} Sinks at any layer: "
         + (", ".join(f"{p} ({labels[p]})" for p in fb["attention"]) or "none") + ".")
     report.add_plotly(rep.plot(0, definition="attention"))
     report.add_html("<h3>Unimodal-dominance study</h3>")

@@ -159,6 +159,8 @@ def test_global_sinks_official_rule_with_ties():
     assert global_sinks_from_layers(per_layer, prompt_length=8, N=2) == [4, 9, 2, 1]
     assert global_sinks_from_layers(per_layer, prompt_length=8, N=4) == [4, 9]
     assert global_sinks_from_layers([[], []], prompt_length=8, N=2) == []  # fewer than K come back
+    # first-seen order, not position order: 9 is seen (layer 0) before 4 (layer 1), both twice
+    assert global_sinks_from_layers([[9], [4], [4, 9]], prompt_length=4, N=2) == [9, 4]
     with pytest.raises(ValueError, match="positive integer"):
         global_sinks_from_layers(per_layer, 8, N=0)
     with pytest.raises(ValueError, match="larger than the prompt length"):
@@ -228,3 +230,57 @@ def test_bad_inputs_get_clear_errors(model, case, hf):
         find_sinks(model, batch, dims=[1], min_ratio=10)
     for b in model.blocks:  # nothing left installed after the failures
         assert b.attn.summary_collector is None
+
+
+def test_sink_dim_statistics_equal_hf_hidden_states(model, case):
+    batch, hs, _ = case
+    valid = batch.attention_mask.bool()
+    L, d = model.cfg.n_layers, model.cfg.d_model
+    best_abs, best_ratio = torch.zeros(L, d), torch.zeros(L, d)
+    for l in range(L):
+        a = hs[l].float().abs()
+        for s in range(a.shape[0]):
+            v = a[s][valid[s]]
+            best_abs[l] = torch.maximum(best_abs[l], v.amax(0))
+            best_ratio[l] = torch.maximum(best_ratio[l], v.amax(0) / v.median())
+    thr = _threshold(best_ratio.amax(0), 0.8)  # some but not all dims pass the relative rule
+    dims = find_sink_dims(model, [batch], min_abs=None, min_ratio=thr)
+    torch.testing.assert_close(dims.max_abs, best_abs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dims.max_ratio, best_ratio, atol=1e-4, rtol=1e-5)
+    expect = sorted(int(x) for x in (best_ratio >= thr).any(0).nonzero().squeeze(1))
+    assert sorted(dims.dims) == expect and 0 < len(expect) < d
+    for x in expect:
+        assert dims.layers[x] == [l for l in range(L) if best_ratio[l, x] >= thr]
+
+
+def test_streaming_statistics_agree_across_query_chunks(model, case, monkeypatch):
+    """Many small query chunks (the long-sequence path) give the same scores as one chunk."""
+    from avlens.analysis import _collect
+
+    batch, _, attn = case
+    sinks = [batch.layout.positions("audio", 0)[:3].tolist(), batch.layout.positions("video", 1)[:2].tolist()]
+    one = modality_dominance(model, batch, sinks)
+    rep_one = find_sinks(model, batch, dims=[])
+    monkeypatch.setattr(_collect.LaterQueryCollector, "chunk_elements", 5 * 4 * batch.shape[1] * 2)  # ~5 queries
+    many = modality_dominance(model, batch, sinks)
+    rep_many = find_sinks(model, batch, dims=[])
+    for a, b in zip(one, many):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    torch.testing.assert_close(rep_one.attention_scores, rep_many.attention_scores, atol=1e-6, rtol=0)
+    torch.testing.assert_close(rep_many.attention_scores, _brute_later_mean(attn, batch.attention_mask.bool()), atol=1e-5, rtol=0)
+
+
+def test_no_sinks_and_busy_collectors_get_clear_errors(model, case):
+    from avlens.analysis._collect import LaterQueryCollector, attach_collector
+
+    batch, _, _ = case
+    with pytest.raises(ValueError, match="no sinks to score"):
+        modality_dominance(model, batch, [[], [3]])
+    other = LaterQueryCollector({"all": batch.attention_mask.bool()}, model.cfg.n_layers, model.cfg.n_heads)
+    model.blocks[-1].attn.summary_collector = other
+    try:
+        with pytest.raises(RuntimeError, match="already being collected"):
+            find_sinks(model, batch, dims=[])
+        assert all(b.attn.summary_collector is None for b in model.blocks[:-1])  # nothing half-installed
+    finally:
+        model.blocks[-1].attn.summary_collector = None

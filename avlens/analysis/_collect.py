@@ -56,9 +56,9 @@ class LaterQueryCollector:
 def attach_collector(model, collector) -> list:
     """Install `collector` on every attention layer; returns the blocks (for `detach_collector`)."""
     blocks = list(model.blocks)
+    if any(getattr(b.attn, "summary_collector", None) is not None for b in blocks):
+        raise RuntimeError("another attention statistic is already being collected on this model")
     for b in blocks:
-        if getattr(b.attn, "summary_collector", None) is not None:
-            raise RuntimeError("another attention statistic is already being collected on this model")
         b.attn.summary_collector = collector
     return blocks
 

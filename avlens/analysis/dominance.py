@@ -20,7 +20,7 @@ __all__ = ["modality_dominance", "cross_modal_split", "classify_dominance", "ie_
 
 
 @torch.no_grad()
-def modality_dominance(model, batch, sinks, eps: float = 1e-9) -> Union[Tensor, list[Tensor]]:
+def modality_dominance(model, batch, sinks, eps: float = 1e-9, N: int = 2, definition: str = "hidden") -> Union[Tensor, list[Tensor]]:
     """Modality dominance score of each sink at each layer, from the prefill attention:
 
         v = mean_{h, q in video, q > s} A[h, q, s],   a = mean_{h, q in audio, q > s} A[h, q, s]
@@ -31,17 +31,22 @@ def modality_dominance(model, batch, sinks, eps: float = 1e-9) -> Union[Tensor, 
     per-key sums; full attention patterns are never all kept.
 
     `sinks`: positions (one list for a single sample, or one list per sample), or a `SinkReport`
-    (its global sinks with N=2). Returns `[n_layers, n_sinks]` (a list of those for a batch).
+    (its global sinks with `N` under `definition`). Returns `[n_layers, n_sinks]` (a list of those
+    for a batch). A sample without sinks is an error (there is nothing to score).
     """
     from avlens.analysis.sinks import SinkReport
 
     batch = model._to_batch(batch)
     b, p = batch.shape
     if isinstance(sinks, SinkReport):
-        sinks = sinks.global_sinks(2)
+        sinks = sinks.global_sinks(N, definition=definition)
     per_sample = [list(sinks)] if b == 1 and (not sinks or not isinstance(sinks[0], (list, tuple))) else [list(s) for s in sinks]
     if len(per_sample) != b:
         raise ValueError(f"sinks has {len(per_sample)} position lists for a batch of {b}; pass one list per sample")
+    empty = [s for s, ps in enumerate(per_sample) if not ps]
+    if empty:
+        raise ValueError(f"sample(s) {empty} have no sinks to score; find some first (find_sinks(...).global_sinks(N), "
+                         "or a lower tau / eps, or the attention definition)")
     lay = batch.layout
     for g in ("audio", "video"):
         if int(lay.counts(g).min()) == 0:

@@ -16,7 +16,10 @@ Per sample, with its raw media (so a modality can be zeroed before feature extra
 3. sinks of the clean run (`find_sinks`, global sinks with `N`), kept to the *non-dominant*
    modality; their layer-averaged MDS gives the cross-modal / unimodal median split;
 4. corrupted run: the dominant modality's raw input zeroed; `o_clean = y_av`, `o_corrupt` = the
-   prediction from the non-dominant modality alone; token-set tracing (`trace_token_sets`: clean
+   prediction from the non-dominant modality alone (answers are words: the decoded first token,
+   scored as the larger probability of the word's and " " + word's first sub-token, maximised
+   over `answer_steps` greedy steps: 1 = prefill only; the official scripts generate a few tokens,
+   pass e.g. 4 for that); token-set tracing (`trace_token_sets`: clean
    states of the set written back at every layer at once, at the normalised attention input)
    gives IE_clean and IE_corrupt for the sets all / sink / random (same size as sink, seeded) /
    object (user-given) / cross_modal_sink / unimodal_sink.
@@ -50,12 +53,14 @@ OTHER = {"audio": "video", "video": "audio"}
 class StudySample:
     """One multiple-choice sample: a single-sample `AVBatch` built from raw media
     (`model.prepare_media(...)`, so its `raw` holds the waveform and frames), an id, and optional
-    `object_positions` (the user-given "object" token set: positions of the object's tokens in the
-    non-dominant modality)."""
+    `object_positions` (the user-given "object" token set: the object's token positions, as
+    `{"audio": [...], "video": [...]}` since the non-dominant modality is known only after the runs,
+    or one list used whichever modality is non-dominant; positions outside that modality skip the
+    sample with the reason)."""
 
     batch: AVBatch
     id: Union[str, int, None] = None
-    object_positions: Optional[Sequence[int]] = None
+    object_positions: Union[Sequence[int], dict, None] = None
     info: dict = field(default_factory=dict)
 
 
@@ -144,30 +149,44 @@ class HubStudy:
                 f"{len(self.skipped)} skipped {self.skip_reasons()})")
 
 
-def _first_token(model, batch: AVBatch) -> int:
+def _answer(model, batch: AVBatch) -> str:
+    """The greedy first answer token as a word (decoded, stripped): answers are compared as words,
+    as the official code compares generated text, so "A" and " A" (different ids in Qwen's
+    tokenizer) are the same answer."""
     with torch.no_grad():
-        return int(model(batch, logits_at=torch.tensor([[batch.shape[1] - 1]]))[0, -1].argmax())
+        tok = int(model(batch, logits_at=torch.tensor([[batch.shape[1] - 1]]))[0, -1].argmax())
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("the study reads answers as words and needs model.tokenizer (set_tokenizer)")
+    word = tokenizer.decode([tok]).strip()
+    return word if word else tokenizer.convert_ids_to_tokens(tok)
 
 
 def _audio_chunks(batch: AVBatch) -> int:
-    lay = batch.layout
-    ch = lay.chunk[0][lay.mask("audio")[0]]
-    ch = ch[ch >= 0]
-    if ch.numel() == 0:  # audio not interleaved with video: count 2-second spans of its time stamps
-        t = lay.time[0][lay.mask("audio")[0]]
-        return int(t.max() // 2) + 1 if t.numel() else 0
-    return int(ch.unique().numel())
+    """Audio chunks as the official script counts them: runs of consecutive audio positions
+    (`get_continuous_ranges`)."""
+    pos = batch.layout.mask("audio")[0].nonzero().squeeze(1)
+    if pos.numel() == 0:
+        return 0
+    return int((pos.diff() != 1).sum()) + 1
 
 
-def _load_records(path: Optional[str]) -> dict:
+def _load_records(path: Optional[str], settings: dict) -> dict:
+    """Finished records of an earlier run with the same settings (others are re-run); a truncated
+    line (a run killed while writing) is ignored."""
     if not path or not os.path.exists(path):
         return {}
     done = {}
     with open(path) as f:
         for line in f:
             line = line.strip()
-            if line:
+            if not line:
+                continue
+            try:
                 r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("settings") == settings:
                 done[str(r["id"])] = r
     return done
 
@@ -237,7 +256,7 @@ def cross_modal_hub_study(
     settings = dict(N=N, definition=used, sink_dims=dims, tau=tau, eps=eps, min_audio_chunks=min_audio_chunks,
                     answer_steps=answer_steps, site=site, seed=seed)
 
-    done = _load_records(records)
+    done = _load_records(records, settings)
     out_records: list[dict] = []
     sink = open(records, "a") if records else None
     try:
@@ -247,9 +266,10 @@ def cross_modal_hub_study(
                 continue
             try:
                 rec = _one_sample(model, s, settings, seed + k, zero_media, trace_token_sets)
-            except ValueError as e:  # a bad sample is recorded, not fatal
+            except (ValueError, IndexError, TypeError) as e:  # a bad sample is recorded, not fatal
                 rec = {"id": s.id, "skipped": f"error: {e}"}
             rec.update({"info": s.info} if s.info else {})
+            rec["settings"] = settings
             out_records.append(rec)
             if sink:
                 sink.write(json.dumps(rec) + "\n")
@@ -272,7 +292,7 @@ def _one_sample(model, s: StudySample, settings: dict, seed: int, zero_media, tr
         return {**rec, "skipped": "no encoder inputs to re-encode (build the sample with model.prepare_media or "
                                   "model.prepare(**processor_outputs) so a modality can be zeroed)"}
     runs = {"av": batch, "a": zero_media(model, batch, "video"), "v": zero_media(model, batch, "audio")}
-    y = {k: _first_token(model, b) for k, b in runs.items()}
+    y = {k: _answer(model, b) for k, b in runs.items()}
     rec["y"] = y
     dom = classify_dominance(y["av"], y["a"], y["v"])
     rec["dominant"] = dom
@@ -289,13 +309,21 @@ def _one_sample(model, s: StudySample, settings: dict, seed: int, zero_media, tr
     rec["n_sinks"] = len(sinks)
     if not sinks:
         return {**rec, "skipped": f"no {settings['definition']}-definition sinks in the non-dominant modality ({other})"}
-    mds = modality_dominance(model, batch, sinks).mean(0)
+    mds = modality_dominance(model, batch, sinks).mean(0)  # a single sink counts as cross-modal (mid = 0), as officially
     cross, uni = cross_modal_split(sinks, mds, dom)
     pool = lay.positions(other, 0).tolist()
     rng = np.random.default_rng(seed)
     sets = {"all": pool, "sink": sinks, "random": sorted(rng.choice(pool, size=len(sinks), replace=False).tolist())}
     if s.object_positions is not None:
-        sets["object"] = [int(p) for p in s.object_positions]
+        obj = s.object_positions.get(other) if isinstance(s.object_positions, dict) else s.object_positions
+        if obj is not None:
+            obj = [int(p) for p in obj]
+            labels = lay.labels(0)
+            bad = [p for p in obj if not 0 <= p < batch.shape[1] or labels[p] != other]
+            if bad:
+                return {**rec, "skipped": f"object positions {bad} are not {other} positions (the non-dominant modality); "
+                                          "give them per modality: object_positions={'audio': [...], 'video': [...]}"}
+            sets["object"] = obj
     if cross:
         sets["cross_modal_sink"] = cross
     if uni:
@@ -304,6 +332,7 @@ def _one_sample(model, s: StudySample, settings: dict, seed: int, zero_media, tr
     o_clean, o_corrupt = y["av"], y["v" if dom == "audio" else "a"]
     res = trace_token_sets(model, batch, corrupted, {k: [v] for k, v in sets.items()}, [o_clean], [o_corrupt],
                            site=settings["site"], answer_steps=settings["answer_steps"], progress=False)
+    rec["random"] = sets["random"]
     names = res["IE_clean"].coords["token_set"]
     rec.update(
         sinks=sinks, mds=[float(x) for x in mds], cross_modal_sink=cross, unimodal_sink=uni,
