@@ -543,6 +543,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_hub.add_argument("--definition", default=HUB_SETTINGS["definition"], choices=("auto", "hidden", "attention"))
     p_hub.add_argument("--eps", type=float, default=HUB_SETTINGS["eps"])
     p_hub.add_argument("--min-audio-chunks", type=int, default=HUB_SETTINGS["min_audio_chunks"])
+    p_hub.add_argument("--answer-steps", type=_positive, default=1)
     p_hal = sub.add_parser("hallucination", help="compare hallucination mitigation methods on the toy benchmark (docs/hallucination.md)")
     p_hal.add_argument("--out", default="avlens-hallucination", help="folder for the benchmark files, table.csv/json and predictions")
     p_hal.add_argument("--n-clips", type=_positive, default=60)

@@ -168,3 +168,15 @@ def test_methods_run_on_the_toy_benchmark(toy, tmp_path):
     assert list(t.index) == list(methods) and (t["n_yes_no"] > 0).all() and (t["n_captions"] == 2).all()
     assert t.loc["plain", "latency_ratio"] == 1.0 and (t["accuracy"] >= 0).all()
     assert all(len(p) == len(res.predictions["plain"]) for p in res.predictions.values())
+
+
+def test_hallucination_command_writes_the_table(tmp_path, capsys):
+    from avlens.cli import main
+
+    assert main(["hallucination", "--out", str(tmp_path), "--n-clips", "1", "--methods", "plain,vcd"]) == 0
+    for f in ("table.csv", "table.json", "table.md", "predictions_plain.jsonl", "predictions_vcd.jsonl", "bench/avhbench.json",
+              "bench/captions.json", "bench/clips.json"):
+        assert (tmp_path / f).exists(), f
+    assert "| vcd |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown methods"):
+        main(["hallucination", "--out", str(tmp_path), "--n-clips", "1", "--methods", "nope"])
