@@ -105,3 +105,31 @@ def test_from_pretrained_maps_checkpoint_keys(tmp_path):
         assert (model(tok) - hf(tok).logits).abs().max().item() <= 1e-4
     with pytest.raises(ValueError, match="unexpected VideoLLaMA2 checkpoint key"):
         split_checkpoint_keys({"model.something_else.weight": torch.zeros(1)})
+
+
+def test_from_pretrained_reads_legacy_rope_theta(tmp_path):
+    """A released-style (transformers-4) config.json spells the RoPE base as a top-level
+    `rope_theta` (here 1e6, not the 1e4 default) next to media keys; the loaded model must
+    match HF's Qwen2 built with that base spelled the transformers-5 way."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    hf = make_backbone("qwen2", seed=7)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    cfg = hf.config.to_dict()
+    cfg.pop("rope_parameters", None)
+    cfg.update(model_type="videollama2_qwen2", rope_theta=1e6, rope_scaling=None, torch_dtype="float32",
+               mm_projector_type="stc_connector_v35", mm_vision_tower="clip", audio_tower="beats",
+               use_sliding_window=False, transformers_version="4.40.0")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ref_cfg = hf.config.to_dict()
+    ref_cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6}
+    ref = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in ref_cfg.items() if k != "model_type"})).eval()
+    ref.load_state_dict(hf.state_dict())
+    assert ref.config.rope_parameters["rope_theta"] == 1e6
+    model = HookedVideoLLaMA2AV.from_pretrained(str(tmp_path), load_tokenizer=False)
+    assert model.cfg.rope_theta == 1e6
+    tok = torch.randint(0, 100, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want, base = model(tok), ref(tok).logits, hf(tok).logits
+    assert (want - base).abs().max().item() > 1e-2  # the base matters at this length
+    assert (got - want).abs().max().item() <= 1e-4

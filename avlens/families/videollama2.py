@@ -183,8 +183,13 @@ class HookedVideoLLaMA2AV(HookedGenericAV):
             raw = json.load(f)
         if raw.get("model_type") not in ("videollama2_qwen2", "qwen2"):
             raise ValueError(f"{path} is not a VideoLLaMA2 Qwen2 checkpoint (model_type {raw.get('model_type')!r})")
-        fields = {k: v for k, v in raw.items() if k in Qwen2Config().to_dict() and k not in ("model_type", "architectures", "transformers_version")}
-        config = Qwen2Config(**fields)
+        # Every key goes to Qwen2Config, which understands transformers-4 spellings (a top-level
+        # `rope_theta` / `rope_scaling`, as released checkpoints have) and keeps the media keys
+        # (mm_*) as plain attributes; filtering by `Qwen2Config().to_dict()` would drop
+        # `rope_theta` (transformers 5 spells it inside `rope_parameters`). dtype follows the
+        # weights (or the `dtype` argument), not the config.
+        config = Qwen2Config(**{k: v for k, v in raw.items()
+                                if k not in ("model_type", "architectures", "transformers_version", "torch_dtype", "dtype")})
         files = sorted(x for x in os.listdir(path) if x.endswith(".safetensors"))
         if not files:
             raise FileNotFoundError(f"no safetensors weights in {path}")
