@@ -244,7 +244,38 @@ def test_qwen3_encoder_layer_hooks_equal_hf_hidden_states_and_identity_pattern_e
     _, cache = model.run_with_cache(batch, names_filter=names)
     for i in range(3):
         torch.testing.assert_close(cache[f"visual.blocks.{i}.hook_resid_post"], vref[len(vref) - 3 + i], rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache["audio_tower.blocks.1.hook_resid_post"], _hf_audio_layer_outputs(hf, inputs, 1), rtol=0, atol=1e-5)
     clean = model(batch)
     hooks = [(f"{t}.blocks.{i}.attn.hook_pattern", lambda p, hook: p) for t, n in (("visual", 3), ("audio_tower", 2)) for i in range(n)]
     same = model.run_with_hooks(batch, fwd_hooks=hooks)
     assert (same - clean).abs().max().item() <= 1e-5
+
+
+def _hf_audio_layer_outputs(hf, inputs, layer: int) -> torch.Tensor:
+    """HF's AuT layer `layer` output (packed [frames, d]) during HF's own thinker forward."""
+    seen = []
+    h = hf.model.audio_tower.layers[layer].register_forward_hook(lambda mod, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        Q.hf_logits(hf, inputs)
+    finally:
+        h.remove()
+    return torch.cat(seen)
+
+
+def test_audio_only_batch_with_encoder_hooks_equals_hf(q3):
+    """No image/video, so no DeepStack terms: encoder hooks (which re-encode the media) and an
+    audio_tower names_filter must run and give HF's logits and HF's AuT layer output."""
+    hf, model = q3
+    inputs = Q.make_inputs("audio", 2)
+    ref = Q.hf_logits(hf, inputs)
+    valid = inputs["attention_mask"].bool()
+    batch = model.prepare(**inputs)
+    for name in ("audio_tower.hook_in", "audio_tower.blocks.0.hook_resid_post", "visual.hook_in"):
+        got = model.run_with_hooks(batch, fwd_hooks=[(name, lambda x, hook: x)])
+        assert (got[valid] - ref[valid]).abs().max().item() <= 1e-4, name
+    zero = model.run_with_hooks(batch, fwd_hooks=[("audio_tower.blocks.0.hook_resid_post", lambda x, hook: x * 0)])
+    assert (zero[valid] - ref[valid]).abs().max().item() > 1e-3  # the hook really re-encoded the audio
+    out, cache = model.run_with_cache(batch, names_filter=lambda n: n.startswith("audio_tower"))
+    assert (out[valid] - ref[valid]).abs().max().item() <= 1e-4
+    torch.testing.assert_close(cache["audio_tower.blocks.1.hook_resid_post"], _hf_audio_layer_outputs(hf, inputs, 1), rtol=0, atol=1e-5)
+    assert not model.between_block_terms_fired

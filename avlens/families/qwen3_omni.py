@@ -89,6 +89,8 @@ class DeepStackState:
         self.set_from(batch, dtype)
 
     def set_from(self, batch: "DeepStackBatch", dtype: torch.dtype) -> None:
+        if not getattr(batch, "deepstack", None):
+            return  # nothing visual (audio / text only): no terms to add
         dev = batch.attention_mask.device
         terms = []
         for level in range(self.n_levels):
@@ -296,7 +298,8 @@ class HookedQwen3Omni(HookedQwen2_5Omni):
     def embed_batch(self, batch: AVBatch) -> Tensor:
         if self.encoders_hooked and batch.features:
             batch = self.reencoded(batch)
-            self.deepstack.set_from(batch, self.W_E.dtype)
+            if self.deepstack.terms is not None:  # `begin` found image/video positions to add to
+                self.deepstack.set_from(batch, self.W_E.dtype)
         return HookedAVTransformer.embed_batch(self, batch)
 
     def forward(self, input=None, return_type: Optional[str] = "logits", **kwargs):
