@@ -203,3 +203,38 @@ def test_bad_files_raise_errors_naming_the_file(tmp_path):
         FL.load_video(audio_only)
     with pytest.raises(FileNotFoundError, match="gone.mp4"):
         M.media_inputs([[9]], IDS, video=str(tmp_path / "gone.mp4"))
+
+
+def _all_frames_then_sample(path, fps):
+    """The previous `load_video`: every frame decoded to RGB, then the smart_nframes indices over
+    the decoded count (the index rule is the hand-worked one tested above)."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        allf = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+        rate = float(s.average_rate or s.guessed_rate)
+    idx, eff = FL.sample_frame_indices(len(allf), rate, fps)
+    return np.stack([allf[i] for i in idx]), eff
+
+
+@pytest.mark.parametrize("codec,pix,ext", [("ffv1", "bgr0", "mkv"), ("png", "rgb24", "mov"), ("mpeg4", "yuv420p", "ts")])
+def test_load_video_converts_only_the_sampled_frames(tmp_path, monkeypatch, codec, pix, ext):
+    """37 frames at 7 fps sampled at 2 fps -> 10 frames: identical to converting every frame and
+    sampling after, with exactly 10 RGB conversions, also when the container's stated frame
+    count is missing (mkv), estimated from the duration (ts), or wrong (forced below)."""
+    clip = np.random.default_rng(3).integers(0, 256, (37, 48, 64, 3), dtype=np.uint8)
+    path = write_video(tmp_path / f"clip.{ext}", clip, 7, codec=codec, pix_fmt=pix)
+    ref, ref_eff = _all_frames_then_sample(path, 2.0)
+    assert ref.shape[0] == 10
+    calls = []
+    real = FL._to_rgb
+    monkeypatch.setattr(FL, "_to_rgb", lambda f: calls.append(1) or real(f))
+    for stated in (None, 0, 20, 60):
+        if stated is not None:
+            monkeypatch.setattr(FL, "_frame_count_estimate", lambda *a, n=stated: n)
+        calls.clear()
+        frames, eff = FL.load_video(path, fps=2.0)
+        assert np.array_equal(frames, ref) and eff == ref_eff, stated
+        if stated is None:
+            assert len(calls) == 10
+        else:  # a wrong count costs a second pass, still converting only sampled frames
+            assert len(calls) <= 10 + len(FL.sample_frame_indices(max(stated, 2), 7.0, 2.0)[0])

@@ -14,6 +14,7 @@
   (2); frame indices `linspace(0, total - 1, n).round()`; the effective sampling rate
   `n / total_frames * native_fps` is returned, since the processor derives
   `video_second_per_grid = temporal_patch_size / fps` from it.
+  Only the sampled frames are converted to RGB, so memory follows the result, not the clip.
 
 A file that does not exist raises `FileNotFoundError`; one FFmpeg cannot decode (corrupt, not
 media, no audio / video stream) raises `ValueError`; both name the file.
@@ -96,28 +97,69 @@ def sample_frame_indices(total_frames: int, native_fps: float, fps: float, min_f
     return idx, n / total_frames * native_fps
 
 
+def _to_rgb(frame) -> np.ndarray:
+    """One decoded frame as uint8 RGB `[H, W, 3]` (the only conversion `load_video` makes)."""
+    return frame.to_ndarray(format="rgb24")
+
+
+def _frame_count_estimate(container, stream, rate: float) -> int:
+    """The frame count the container states (`nb_frames`), else duration x rate; 0 if neither."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration is not None and stream.time_base is not None:
+        return int(round(float(stream.duration * stream.time_base) * rate))
+    if container.duration:
+        return int(round(container.duration / 1e6 * rate))
+    return 0
+
+
 def load_video(path: PathLike, fps: float = 2.0, min_frames: int = MIN_FRAMES, max_frames: int = MAX_FRAMES) -> tuple[np.ndarray, float]:
     """Frames of the first video stream of `path`, sampled at about `fps` frames per second:
-    `(uint8 [T, H, W, 3] RGB, effective fps)`."""
+    `(uint8 [T, H, W, 3] RGB, effective fps)`.
+
+    Only the sampled frames are converted to RGB (memory ~ the result, not the clip). The
+    indices come from the decoded frame count: the container's stated count (or duration x
+    rate) picks them during one decoding pass, and if the pass decodes a different number of
+    frames, a second pass converts the frames the true count picks."""
     av = _av()
     path = os.fspath(path)
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
+
+    def decode(wanted: set, kept: dict) -> int:
+        """Decode every frame, converting those in `wanted` not yet in `kept`; the frame count."""
+        with _open(path, "video") as container:
+            stream = container.streams.video[0]
+            n = 0
+            try:
+                for i, frame in enumerate(container.decode(stream)):
+                    if i in wanted and i not in kept:
+                        kept[i] = _to_rgb(frame)
+                    n = i + 1
+            except av.error.FFmpegError as e:
+                raise ValueError(f"could not decode the video of {path!r}: {e}") from e
+        return n
+
     with _open(path, "video") as container:
         if not container.streams.video:
             raise ValueError(f"{path!r} has no video stream")
         stream = container.streams.video[0]
-        try:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        except av.error.FFmpegError as e:
-            raise ValueError(f"could not decode the video of {path!r}: {e}") from e
         rate = stream.average_rate or stream.guessed_rate
-    if not frames:
+        guess = _frame_count_estimate(container, stream, float(rate)) if rate is not None and float(rate) > 0 else 0
+    kept: dict[int, np.ndarray] = {}
+    wanted = set()
+    if guess >= FRAME_FACTOR:
+        wanted = set(sample_frame_indices(guess, float(rate), fps, min_frames, max_frames)[0])
+    total = decode(wanted, kept)
+    if total == 0:
         raise ValueError(f"{path!r} decoded to no video frames")
     if rate is None or float(rate) <= 0:
         raise ValueError(f"{path!r} does not say its frame rate; decode it yourself and pass frames with fps=")
-    idx, eff = sample_frame_indices(len(frames), float(rate), fps, min_frames, max_frames)
-    return np.stack([frames[i] for i in idx]), eff
+    idx, eff = sample_frame_indices(total, float(rate), fps, min_frames, max_frames)
+    kept = {i: kept[i] for i in idx if i in kept}
+    if any(i not in kept for i in idx):  # the stated count was off: convert the right frames
+        decode(set(idx), kept)
+    return np.stack([kept[i] for i in idx]), eff
 
 
 def resolve_media_files(audio, video, fps, sampling_rate: int, use_audio_in_video: bool, target_rate: int):
