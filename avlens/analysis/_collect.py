@@ -22,9 +22,9 @@ from torch import Tensor
 
 
 class LaterQueryCollector:
-    #: float32 pattern elements per query chunk: 4 Mi (16 MB) keeps the statistics' working memory
+    #: float32 pattern elements per query chunk: 1 Mi (4 MB) keeps the statistics' working memory
     #: small beside the forward's own (benchmarks/bench_analysis.py)
-    chunk_elements = 4 * 2**20
+    chunk_elements = 2**20
 
     def __init__(self, query_masks: Mapping[str, Tensor], n_layers: int, n_heads: int):
         self.groups = list(query_masks)
