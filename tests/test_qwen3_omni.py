@@ -279,3 +279,45 @@ def test_audio_only_batch_with_encoder_hooks_equals_hf(q3):
     assert (out[valid] - ref[valid]).abs().max().item() <= 1e-4
     torch.testing.assert_close(cache["audio_tower.blocks.1.hook_resid_post"], _hf_audio_layer_outputs(hf, inputs, 1), rtol=0, atol=1e-5)
     assert not model.between_block_terms_fired
+
+
+def test_full_resid_decomposition_includes_deepstack_and_sums_to_the_residual(q3):
+    """TransformerLens's `get_full_resid_decomposition` knows only heads, MLPs, embed and bias;
+    with DeepStack its rows must also carry the `hook_deepstack` terms to sum to the stream."""
+    hf, model = q3
+    batch = model.prepare(**Q.make_inputs("image_video", 2))
+    _, cache = model.run_with_cache(batch)
+    L = model.cfg.n_layers
+    for layer in range(L + 1):
+        target = cache[f"blocks.{layer}.hook_resid_pre"] if layer < L else cache[f"blocks.{L - 1}.hook_resid_post"]
+        stack, labels = cache.get_full_resid_decomposition(layer, expand_neurons=False, return_labels=True)
+        assert [x for x in labels if "deepstack" in x] == [f"{l}_deepstack" for l in range(min(layer, 2))]
+        assert len(labels) == stack.shape[0]
+        torch.testing.assert_close(stack.sum(0), target, rtol=0, atol=1e-5)
+        if layer < L:
+            mid = cache.get_full_resid_decomposition(layer, mlp_input=True, expand_neurons=False)
+            torch.testing.assert_close(mid.sum(0), cache[f"blocks.{layer}.hook_resid_mid"], rtol=0, atol=1e-5)
+    # apply_ln at the unembed: rows sum to the final norm's normalized input (RMSNorm: x / scale)
+    normed = cache.get_full_resid_decomposition(expand_neurons=False, apply_ln=True, pos_slice=-1)
+    final = cache[f"blocks.{L - 1}.hook_resid_post"][:, -1]
+    torch.testing.assert_close(normed.sum(0), final / cache["ln_final.hook_scale"][:, -1], rtol=0, atol=1e-5)
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    proj = cache.get_full_resid_decomposition(expand_neurons=False, apply_ln=True, pos_slice=-1, project_output_onto=v)
+    torch.testing.assert_close(proj.sum(0), (final / cache["ln_final.hook_scale"][:, -1]) @ v, rtol=0, atol=1e-4)
+
+
+def test_cache_remembers_which_deepstack_terms_its_own_run_added(q3):
+    """A cache without the DeepStack hooks must refuse to decompose even after a later text-only
+    forward pass has reset the model's state."""
+    hf, model = q3
+    _, cache = model.run_with_cache(model.prepare(**Q.make_inputs("video", 1)), names_filter=lambda n: "deepstack" not in n)
+    assert cache.between_block_fired == {"blocks.0.hook_deepstack", "blocks.1.hook_deepstack"}
+    model(model.prepare(**Q.make_inputs("text", 1)))
+    assert not model.between_block_terms_fired
+    with pytest.raises(KeyError, match="blocks.0.hook_deepstack"):
+        cache.decompose_resid()
+    with pytest.raises(KeyError, match="blocks.0.hook_deepstack"):
+        cache.get_full_resid_decomposition(expand_neurons=False)
+    _, text_cache = model.run_with_cache(model.prepare(**Q.make_inputs("text", 1)))
+    stack = text_cache.get_full_resid_decomposition(expand_neurons=False)
+    torch.testing.assert_close(stack.sum(0), text_cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"], rtol=0, atol=1e-5)

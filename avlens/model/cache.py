@@ -6,7 +6,12 @@ blocks, so there `resid_pre[l + 1] = resid_post[l] + deepstack[l]`, not `resid_p
 TransformerLens's `decompose_resid` stacks only `embed`, `attn_out` and `mlp_out`, and its sum
 would then miss the DeepStack terms. This subclass adds every cached
 `blocks.{l}.hook_deepstack` after layer l's `mlp_out` (label `"{l}_deepstack"`), so the components
-sum to the residual stream again.
+sum to the residual stream again. `get_full_resid_decomposition` likewise appends one row per
+DeepStack term (labels `"{l}_deepstack"`, after TransformerLens's rows) so its rows sum to the
+residual stream.
+
+Which between-block terms the run added is read from the model when the cache is made (the
+model's state describes its last forward pass, which may not be this cache's later on).
 """
 
 from __future__ import annotations
@@ -18,11 +23,24 @@ from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice
 
 
+def _to_2d(project: Optional[torch.Tensor]):
+    """(`[d_model, n]` projection or None, whether to squeeze the last dim at the end)."""
+    if project is None:
+        return None, False
+    return (project.unsqueeze(-1), True) if project.ndim == 1 else (project, False)
+
+
 class AVActivationCache(ActivationCache):
     """An `ActivationCache` whose `decompose_resid` includes between-block additive terms
     (`blocks.{l}.hook_deepstack`)."""
 
     between_block_hooks: tuple[str, ...] = ("hook_deepstack",)
+
+    def __init__(self, cache_dict, model, has_batch_dim: bool = True, fired: Optional[set] = None):
+        super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
+        if fired is None:
+            fired = getattr(model, "between_block_terms_fired", None) or set()
+        self.between_block_fired: frozenset = frozenset(fired)  # the run's, fixed at creation
 
     def decompose_resid(
         self,
@@ -77,12 +95,66 @@ class AVActivationCache(ActivationCache):
         return (stack, labels) if return_labels else stack
 
     def _fires(self, layer: int, hook: str) -> bool:
-        """Whether the model adds `blocks.{layer}.{hook}` in the run this cache comes from."""
-        fired = getattr(self.model, "between_block_terms_fired", None)
-        return bool(fired and f"blocks.{layer}.{hook}" in fired)
+        """Whether `blocks.{layer}.{hook}` added a term in the run this cache comes from."""
+        return f"blocks.{layer}.{hook}" in self.between_block_fired
+
+    def _between_block_terms(self, layer: int, pos_slice: Slice) -> tuple[list[torch.Tensor], list[str]]:
+        """The cached between-block terms added before `layer`'s input (layers < `layer`)."""
+        comps, labels = [], []
+        for l in range(layer):
+            for hook in self.between_block_hooks:
+                name = f"blocks.{l}.{hook}"
+                if name in self.cache_dict:
+                    comps.append(pos_slice.apply(self[name], dim=-2))
+                    labels.append(f"{l}_{hook[len('hook_'):]}")
+                elif self._fires(l, hook):
+                    raise KeyError(
+                        f"{name} adds to the residual stream but is not in the cache; cache it "
+                        "(names_filter=None or include it) to decompose the residual stream."
+                    )
+        return comps, labels
+
+    def get_full_resid_decomposition(
+        self,
+        layer: Optional[int] = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice=None,
+        return_labels: bool = False,
+        project_output_onto: Optional[torch.Tensor] = None,
+    ):
+        """TransformerLens's `get_full_resid_decomposition` (same arguments, rows and labels),
+        followed by one row per cached between-block term of the layers before `layer` (labels
+        `"{l}_deepstack"`; LN and the projection applied to them as to every other row), so the
+        rows sum to the residual stream into `layer`, DeepStack included. A term that the run
+        added but the cache lacks is an error."""
+        if layer is None or layer == -1:
+            layer = self.model.cfg.n_layers
+        if not isinstance(pos_slice, Slice):
+            pos_slice = Slice(pos_slice)
+        extra, extra_labels = self._between_block_terms(layer, pos_slice)
+        out = super().get_full_resid_decomposition(
+            layer, mlp_input=mlp_input, expand_neurons=expand_neurons, apply_ln=apply_ln, pos_slice=pos_slice,
+            return_labels=True, project_output_onto=project_output_onto,
+        )
+        stack, labels = out
+        if extra:
+            ds = torch.stack(extra, dim=0)
+            if apply_ln:
+                ds = self.apply_ln_to_stack(ds, layer, pos_slice=pos_slice, mlp_input=mlp_input)
+            project, squeeze = _to_2d(project_output_onto)
+            if project is not None:
+                ds = ds @ project.to(ds.dtype)
+                if squeeze:
+                    ds = ds.squeeze(-1)
+            stack = torch.cat([stack, ds.to(stack.dtype)], dim=0)
+            labels = list(labels) + extra_labels
+        return (stack, labels) if return_labels else stack
 
 
 def wrap_cache(cache: Union[ActivationCache, dict], model, has_batch_dim: bool = True) -> AVActivationCache:
     """An `AVActivationCache` over the same tensors as `cache`."""
     cache_dict = cache.cache_dict if isinstance(cache, ActivationCache) else cache
-    return AVActivationCache(cache_dict, model, has_batch_dim=has_batch_dim)
+    return AVActivationCache(cache_dict, model, has_batch_dim=has_batch_dim,
+                             fired=set(getattr(model, "between_block_terms_fired", None) or ()))
