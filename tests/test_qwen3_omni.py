@@ -15,6 +15,9 @@ DeepStack, AuT audio tower; float32, eager attention, eager experts):
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -188,12 +191,23 @@ def test_qwen3_omni_greedy_generate_equals_hf_generate(q3):
 def test_qwen3_omni_from_pretrained_thinker_checkpoint_gives_hf_logits(q3, tmp_path):
     hf, _ = q3
     hf.save_pretrained(tmp_path)
+    # a checkpoint's own preprocessor settings (not the released ones) must reach prepare_media
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(dict(
+        _RELEASED_PREPROCESSOR, image_mean=[0.4, 0.3, 0.2], image_std=[0.2, 0.25, 0.3], max_pixels=50000)))
     model = avlens.HookedAVTransformer.from_pretrained(str(tmp_path), token_ids=Q.token_ids(), attn_implementation="eager")
     assert type(model).__name__ == "HookedQwen3Omni"
     inputs = Q.make_inputs("audio_in_video", 1)
     with torch.no_grad():
         got = model(model.prepare(**inputs))
     assert (got - Q.hf_logits(hf, inputs)).abs().max().item() <= 1e-4
+    from transformers import Qwen2VLImageProcessorPil
+
+    img = np.random.default_rng(5).integers(0, 256, (300, 260, 3), dtype=np.uint8)  # 78000 px > 50000: resized
+    ref = Qwen2VLImageProcessorPil.from_pretrained(str(tmp_path))(images=[img], return_tensors="pt")
+    t = model.cfg.token_ids
+    batch = model.prepare_media([[5, t["vision_start_token_id"], t["image_token_id"], t["vision_end_token_id"]]], images=img)
+    assert batch.raw["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist()
+    assert (batch.raw["pixel_values"] - ref["pixel_values"]).abs().max().item() <= 1e-5
 
 
 def test_fold_ln_keeps_qwen3_omni_logits_and_leaves_hf_unchanged():
@@ -223,8 +237,9 @@ def test_prepare_media_expands_placeholders_as_the_qwen3_processor_and_matches_h
     prompt = [[5, t["vision_start_token_id"], t["video_token_id"], t["vision_end_token_id"], 6]]
     budget = dict(min_pixels=64 * 64, max_pixels=64 * 96, trim_audio=True)
     batch = model.prepare_media(prompt, video=frames, audio=[wave], fps=3.0, use_audio_in_video=True, **budget)
+    half = dict(image_mean=(0.5,) * 3, image_std=(0.5,) * 3)  # Qwen3's processor (tested below vs HF)
     inputs = media_inputs(prompt, t, video=frames, audio=[wave], fps=3.0, use_audio_in_video=True, patch_size=16,
-                          position_id_per_seconds=Q.PPS, placeholder_rule=model.placeholder_rule, **budget)
+                          position_id_per_seconds=Q.PPS, placeholder_rule=model.placeholder_rule, video_kwargs=half, **budget)
     n_frames = int(inputs["feature_attention_mask"].sum())
     grid = inputs["video_grid_thw"][0].tolist()
     assert grid == [3, 4, 6]
@@ -321,3 +336,49 @@ def test_cache_remembers_which_deepstack_terms_its_own_run_added(q3):
     _, text_cache = model.run_with_cache(model.prepare(**Q.make_inputs("text", 1)))
     stack = text_cache.get_full_resid_decomposition(expand_neurons=False)
     torch.testing.assert_close(stack.sum(0), text_cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"], rtol=0, atol=1e-5)
+
+
+# Qwen/Qwen3-Omni-30B-A3B-Instruct's preprocessor_config.json (image / audio keys), which the
+# processor's image and video processors are loaded from.
+_RELEASED_PREPROCESSOR = {
+    "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 128, "hop_length": 160, "n_fft": 400,
+    "n_samples": 4800000, "sampling_rate": 16000, "image_processor_type": "Qwen2VLImageProcessor",
+    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": 16, "temporal_patch_size": 2,
+    "merge_size": 2, "min_pixels": 3136, "max_pixels": 12845056, "processor_class": "Qwen3OmniMoeProcessor",
+}
+
+
+def test_prepare_media_normalises_as_hf_qwen3_omni_image_processor(q3, tmp_path):
+    """Images and video frames -> the patches of HF's `Qwen2VLImageProcessorPil` loaded from the
+    released preprocessor_config.json (mean = std = 0.5, patch 16); video frames resized within
+    `Qwen3OmniMoeProcessor.videos_kwargs["size"]` (the processor's own class attribute)."""
+    from transformers import Qwen2VLImageProcessorPil
+    from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import Qwen3OmniMoeProcessor
+
+    _, model = q3
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(_RELEASED_PREPROCESSOR))
+    hf_image = Qwen2VLImageProcessorPil.from_pretrained(str(tmp_path))
+    assert list(hf_image.image_mean) == [0.5] * 3  # the family's processor, not CLIP's defaults
+    t = model.cfg.token_ids
+    vs, ve = t["vision_start_token_id"], t["vision_end_token_id"]
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    batch = model.prepare_media([[5, vs, t["image_token_id"], ve]], images=img)
+    ref = hf_image(images=[img], return_tensors="pt")
+    assert batch.raw["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist() == [[1, 4, 6]]
+    assert (batch.raw["pixel_values"] - ref["pixel_values"]).abs().max().item() <= 1e-5
+    # video: frames A A B B at 352x384 (a multiple of 32 within the video budget: no resize), so
+    # each temporal patch is the image processor's patches of A, then of B
+    a, b = rng.integers(0, 256, (2, 352, 384, 3), dtype=np.uint8)
+    size = Qwen3OmniMoeProcessor.videos_kwargs["size"]
+    hf_video_frame = Qwen2VLImageProcessorPil.from_pretrained(str(tmp_path), min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+    assert (hf_video_frame.size["shortest_edge"], hf_video_frame.size["longest_edge"]) == (128 * 32 * 32, 768 * 32 * 32)
+    batch = model.prepare_media([[5, vs, t["video_token_id"], ve]], video=np.stack([a, a, b, b]), fps=2.0)
+    ref = hf_video_frame(images=[a, b], return_tensors="pt")
+    assert batch.raw["video_grid_thw"].tolist() == [[2, 22, 24]]
+    assert (batch.raw["pixel_values_videos"] - ref["pixel_values"]).abs().max().item() <= 1e-5
+    # a 320x320 frame is below the video budget's 131072 px: both resize it to the same grid
+    small = rng.integers(0, 256, (4, 320, 320, 3), dtype=np.uint8)
+    batch = model.prepare_media([[5, vs, t["video_token_id"], ve]], video=small, fps=2.0)
+    grid = hf_video_frame(images=[small[0]], return_tensors="pt")["image_grid_thw"][0].tolist()
+    assert batch.raw["video_grid_thw"].tolist() == [[2] + grid[1:]] == [[2, 24, 24]]

@@ -40,6 +40,54 @@ from avlens.model.moe import MoEMLP
 
 VISUAL_KINDS = ("image", "video")
 
+#: Pixel normalisation of Qwen3-Omni's (and Qwen3-VL's) processors: mean = std = 0.5 per channel
+#: (transformers' IMAGENET_STANDARD_MEAN / _STD; the released preprocessor_config.json), not the
+#: OpenAI-CLIP values of Qwen2-VL / Qwen2.5-Omni.
+QWEN3_IMAGE_MEAN = (0.5, 0.5, 0.5)
+QWEN3_IMAGE_STD = (0.5, 0.5, 0.5)
+#: Image pixel budget of the released preprocessor_config.json (`min_pixels` / `max_pixels`).
+QWEN3_IMAGE_MIN_PIXELS = 3136
+QWEN3_IMAGE_MAX_PIXELS = 12845056
+#: Video frame budget: `Qwen3OmniMoeProcessor.videos_kwargs["size"]`, which the processor passes
+#: to its video processor on every call (so it overrides the checkpoint's image budget).
+QWEN3_VIDEO_MIN_PIXELS = 128 * 32 * 32
+QWEN3_VIDEO_MAX_PIXELS = 768 * 32 * 32
+
+
+def default_vision_processing() -> dict:
+    """HookedQwen3Omni's `prepare_media` defaults, as the released checkpoint's processor."""
+    return dict(image_mean=QWEN3_IMAGE_MEAN, image_std=QWEN3_IMAGE_STD,
+                image_min_pixels=QWEN3_IMAGE_MIN_PIXELS, image_max_pixels=QWEN3_IMAGE_MAX_PIXELS,
+                video_min_pixels=QWEN3_VIDEO_MIN_PIXELS, video_max_pixels=QWEN3_VIDEO_MAX_PIXELS)
+
+
+def vision_processing_from_preprocessor_config(root) -> dict:
+    """`default_vision_processing()` updated from `root/preprocessor_config.json` when present:
+    `image_mean`, `image_std` (images and video frames: the processor's video processor reads
+    the same file) and the image budget (`min_pixels` / `max_pixels`, or `size`'s
+    `shortest_edge` / `longest_edge`). The video budget stays the processor's `videos_kwargs`."""
+    import json
+    import os
+
+    out = default_vision_processing()
+    path = os.path.join(str(root), "preprocessor_config.json")
+    if not os.path.isfile(path):
+        return out
+    with open(path) as f:
+        cfg = json.load(f)
+    for k in ("image_mean", "image_std"):
+        if cfg.get(k) is not None:
+            v = cfg[k]
+            out[k] = tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
+    size = cfg.get("size") or {}
+    lo = cfg.get("min_pixels", size.get("shortest_edge"))
+    hi = cfg.get("max_pixels", size.get("longest_edge"))
+    if lo is not None:
+        out["image_min_pixels"] = int(lo)
+    if hi is not None:
+        out["image_max_pixels"] = int(hi)
+    return out
+
 
 @dataclass(repr=False)
 class DeepStackBatch(AVBatch):
@@ -134,6 +182,7 @@ class HookedQwen3Omni(HookedQwen2_5Omni):
     def __init__(self, cfg, tokenizer: Any = None, n_deepstack: int = 0):
         super().__init__(cfg, tokenizer=tokenizer)
         self.deepstack = DeepStackState(n_deepstack)
+        self.vision_processing = default_vision_processing()
         if n_deepstack > cfg.n_layers:
             raise ValueError(f"{n_deepstack} DeepStack levels for {cfg.n_layers} decoder layers")
         self.blocks = nn.ModuleList(
@@ -218,7 +267,34 @@ class HookedQwen3Omni(HookedQwen2_5Omni):
             thinker.config.vision_start_token_id = 151652  # real checkpoints' <|vision_start|>
         thinker = thinker.to(device or "cpu").eval()
         tok = _try_tokenizer(path_or_id) if load_tokenizer and os.path.isdir(path_or_id) else None
-        return cls.from_hf(thinker, tokenizer=tok, token_ids=token_ids)
+        model = cls.from_hf(thinker, tokenizer=tok, token_ids=token_ids)
+        if os.path.isdir(path_or_id):
+            model.vision_processing = vision_processing_from_preprocessor_config(path_or_id)
+        return model
+
+    def prepare_media(self, text, audio=None, video=None, images=None, fps=2.0, sampling_rate: int = 16000,
+                      use_audio_in_video: bool = False, **kw) -> AVBatch:
+        """As `HookedQwen2_5Omni.prepare_media`, with Qwen3-Omni's processor settings
+        (`model.vision_processing`; `from_pretrained` reads them from the checkpoint's
+        preprocessor_config.json): pixels normalised with mean = std = 0.5, images resized within
+        3136 .. 12845056 pixels and video frames within 128*32*32 .. 768*32*32 (the processor's
+        `videos_kwargs`). `min_pixels` / `max_pixels` (or `model.media_defaults`) set both budgets;
+        `image_kwargs` / `video_kwargs` override per modality."""
+        from avlens.data.media import prepare_media
+
+        for k, v in getattr(self, "media_defaults", {}).items():
+            kw.setdefault(k, v)
+        vp = self.vision_processing
+        for kind in ("image", "video"):
+            extra = dict(kw.pop(f"{kind}_kwargs", None) or {})
+            extra.setdefault("image_mean", vp["image_mean"])
+            extra.setdefault("image_std", vp["image_std"])
+            for bound in ("min_pixels", "max_pixels"):
+                if kw.get(bound) is None:
+                    extra.setdefault(bound, vp[f"{kind}_{bound}"])
+            kw[f"{kind}_kwargs"] = extra
+        return prepare_media(self, text, audio=audio, video=video, images=images, fps=fps,
+                             sampling_rate=sampling_rate, use_audio_in_video=use_audio_in_video, **kw)
 
     # ---------------------------------------------------------------------------------- encoders
     def audio_token_lengths(self, n_frames: Tensor) -> Tensor:
