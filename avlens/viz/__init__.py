@@ -8,6 +8,7 @@
 `avlens demo` builds its report with these; later tools add their own sections the same way.
 """
 
+from avlens.viz.grid import bar_chart, grid_heatmap
 from avlens.viz.groups import (
     attention_heatmap,
     attention_window,
@@ -22,7 +23,9 @@ __all__ = [
     "Report",
     "Section",
     "attention_heatmap",
+    "bar_chart",
     "attention_window",
+    "grid_heatmap",
     "group_flow_figure",
     "group_token_labels",
     "json_for_script",
