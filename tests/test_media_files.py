@@ -5,7 +5,10 @@ References:
   16-bit quantisation), an analytic sine for resampling, a loose bound for lossy mp3 / H.264;
 * features: `WhisperFeatureExtractor(feature_size=128)` called as the Omni processor calls it, on
   the decoded waveform, and `Qwen2VLImageProcessorPil` on the sampled frames (a clip whose
-  sampled frames come in identical pairs is, per temporal patch, one image);
+  sampled frames come in identical pairs is, per temporal patch, one image). avlens's own audio
+  features use HF's `WhisperFeatureExtractor` inside, so the HF-vs-avlens audio feature check
+  only shows the wiring (rate, padding, mask); the independent audio checks are the decoded
+  samples against those written and the resampled sine against the analytic one;
 * frame sampling: indices worked out by hand from qwen-vl-utils' `smart_nframes` rule.
 """
 

@@ -382,3 +382,35 @@ def test_prepare_media_normalises_as_hf_qwen3_omni_image_processor(q3, tmp_path)
     batch = model.prepare_media([[5, vs, t["video_token_id"], ve]], video=small, fps=2.0)
     grid = hf_video_frame(images=[small[0]], return_tensors="pt")["image_grid_thw"][0].tolist()
     assert batch.raw["video_grid_thw"].tolist() == [[2] + grid[1:]] == [[2, 24, 24]]
+
+
+def _changed_tokens(model, batch, hook_name, p, kind, base):
+    def zero(x, hook):
+        x = x.clone()
+        x[p] = 0
+        return x
+
+    with model.hooks(fwd_hooks=[(hook_name, zero)]):
+        f = model.encode_media(batch.raw)[kind]
+    return ((f - base).abs().sum(-1) > 0).nonzero()[:, 0].tolist()
+
+
+def test_qwen3_encoder_position_maps_name_the_token_a_position_feeds(q3):
+    """AuT: packed position p of the last layer feeds audio token p (counted across the batch;
+    no pooling after the layers). ViT (no window permutation): position p feeds token
+    p // merge**2, as `vision_position_to_token` says. Checked by zeroing one position."""
+    from avlens.families.encoders import vision_position_to_token
+
+    hf, model = q3
+    inputs = Q.make_inputs("audio_video", 2)
+    batch = model.prepare(**inputs)
+    base = model.encode_media(batch.raw)
+    n_tok = sum(Q.audio_tokens(int(n)) for n in inputs["feature_attention_mask"].sum(1))
+    assert base["audio"].shape[0] == n_tok
+    for p in (0, 5, n_tok // 2, n_tok - 1):
+        assert _changed_tokens(model, batch, "audio_tower.blocks.1.hook_resid_post", p, "audio", base["audio"]) == [p]
+    m = vision_position_to_token(hf.model.visual, inputs["video_grid_thw"])
+    assert torch.equal(m["patch"], torch.arange(len(m["patch"])))  # Qwen3's ViT: no windows
+    for p in (0, 3, 4, 29, len(m["patch"]) - 1):
+        got = _changed_tokens(model, batch, "visual.blocks.2.hook_resid_post", p, "video", base["video"])
+        assert got == [int(m["token"][p])] == [p // 4]
