@@ -84,3 +84,22 @@ def test_backbone_equals_hf_qwen2_5_vl_text_path_with_explicit_positions():
     assert (got[valid] - ref[valid]).abs().max().item() <= 1e-4
     assert batch.layout.counts("audio").tolist() == n_audio
     assert batch.layout.counts("special").tolist() == [2, 2]
+
+
+def test_video_without_audio_is_refused_with_the_workaround():
+    """The released code falls back to Qwen2.5-VL's own positions for video alone; avlens does not
+    reproduce that fallback and says so instead of giving audio-visual positions."""
+    import pytest
+
+    hf = make_backbone("qwen2_5_vl", seed=3)
+    model = HookedVideoSalmonn2Plus.from_hf_lm(hf, token_ids=T)
+    grid = (2, 4, 4)
+    ids = torch.tensor([[5, VS] + [V] * 8 + [VE, 7]])  # a video block with no audio pads
+    feats = {"video": torch.randn(int((ids == V).sum()), 64)}
+    for lengths in (None, [0]):
+        with pytest.raises(NotImplementedError, match="without audio .* position_ids="):
+            model.prepare(input_ids=ids, features=feats, video_grid_thw=[grid], audio_lengths=lengths, video_second_per_grid=[1.0])
+    # explicit positions (e.g. from HF's Qwen2.5-VL get_rope_index) are taken as given
+    pos = torch.arange(ids.shape[1]).expand(3, 1, -1)
+    batch = model.prepare(input_ids=ids, features=feats, position_ids=pos)
+    assert torch.equal(batch.position_ids, pos)

@@ -154,8 +154,14 @@ class HookedVideoSalmonn2Plus(HookedGenericAV):
         """`HookedGenericAV.prepare` with video-SALMONN 2+'s 3-D positions (from `video_grid_thw`,
         `audio_lengths` and `video_second_per_grid`, one per video)."""
         if position_ids is None and video_grid_thw is not None:
-            if audio_lengths is None:
-                raise ValueError("video-SALMONN 2+'s audio-visual positions need audio_lengths (audio tokens per video)")
+            if audio_lengths is None or any(int(n) == 0 for n in torch.as_tensor(audio_lengths).reshape(-1).tolist()):
+                raise NotImplementedError(
+                    "video-SALMONN 2+ without audio (audio_lengths missing or 0 for a video) is not supported: its "
+                    "audio-visual positions need audio tokens per video, and for video alone the released code falls "
+                    "back to Qwen2.5-VL's own get_rope_index, which avlens does not reproduce here. Pass audio_lengths "
+                    "(audio tokens per video), or compute the positions with Hugging Face's Qwen2.5-VL get_rope_index "
+                    "and pass position_ids= (and rope_deltas=)."
+                )
             ids = torch.as_tensor(input_ids)
             ids = ids[None] if ids.ndim == 1 else ids
             am = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).reshape(ids.shape)
