@@ -306,6 +306,11 @@ def test_bad_inputs_get_clear_errors_and_leave_no_hooks(model, aiv, hf):
 def test_result_frame_top_and_plot_with_group_bands(model, aiv):
     clean, corrupted = aiv
     res = patching.activation_patch(model, clean, corrupted, answer_prob(), progress=True)
+    assert res.values.dims == ("layer", "position") and res.values.coords["position"] == list(range(clean.shape[1]))
+    assert float(res.values.sel(layer=1, position=40)) == float(res.values[1, 40])
+    assert res.values.sel(layer=0).dims == ("position",) and res.per_sample.dims == ("layer", "position", "sample")
+    with pytest.raises(KeyError, match="not a label"):
+        res.values.sel(layer=7)
     df = res.to_frame()
     assert list(df.columns) == ["layer", "position", "value"] and len(df) == res.values.numel()
     long = res.to_frame(per_sample=True)

@@ -19,13 +19,14 @@ from avlens.interventions.metrics import (
 from avlens.interventions.knockout import attention_knockout, blocked_edges
 from avlens.interventions.path_patching import path_patch
 from avlens.interventions.patching import activation_patch
-from avlens.interventions.results import PatchResult
+from avlens.interventions.results import LabelledTensor, PatchResult
 from avlens.interventions.sites import SITE_HOOKS
 from avlens.interventions.tracing import causal_trace, trace_token_sets
 
 __all__ = [
     "AnswerProb",
     "IndirectEffect",
+    "LabelledTensor",
     "LogitDiff",
     "Metric",
     "NoOpError",

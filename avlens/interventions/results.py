@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -18,12 +19,62 @@ import torch
 from torch import Tensor
 
 
+class LabelledTensor(Tensor):
+    """A tensor whose axes have names (`dims`) and labels (`coords[dim]`, one per index).
+
+        v = result.values                      # LabelledTensor, dims ("layer", "position")
+        v.sel(layer=3)                         # [n_positions], dims ("position",)
+        v.sel(layer=3, position=17)            # 0-d
+
+    Any torch operation on it gives a plain tensor (labels do not survive arithmetic)."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def __new__(cls, data: Tensor, dims, coords):
+        t = Tensor._make_subclass(cls, data.detach())
+        t.dims, t.coords = tuple(dims), {d: list(coords[d]) for d in dims}
+        if tuple(data.shape) != tuple(len(t.coords[d]) for d in t.dims):
+            raise ValueError(f"shape {tuple(data.shape)} does not match the axes {[(d, len(t.coords[d])) for d in t.dims]}")
+        return t
+
+    def sel(self, **labels) -> "LabelledTensor":
+        """The sub-tensor at the given labels (`sel(layer=2, group="audio")`); the other axes stay."""
+        index, dims = [], []
+        for d in self.dims:
+            if d in labels:
+                if labels[d] not in self.coords[d]:
+                    raise KeyError(f"{labels[d]!r} is not a label of axis {d!r}: {self.coords[d][:12]}")
+                index.append(self.coords[d].index(labels[d]))
+            else:
+                index.append(slice(None))
+                dims.append(d)
+        unknown = set(labels) - set(self.dims)
+        if unknown:
+            raise KeyError(f"unknown axes {sorted(unknown)}; this tensor's axes are {self.dims}")
+        return LabelledTensor(self.plain()[tuple(index)], dims, self.coords)
+
+    def plain(self) -> Tensor:
+        """The values as a plain tensor."""
+        return Tensor._make_subclass(Tensor, self)
+
+    def __deepcopy__(self, memo):
+        return LabelledTensor(self.plain().clone(), self.dims, copy.deepcopy(self.coords, memo))
+
+    def __reduce_ex__(self, proto):
+        return LabelledTensor, (self.plain(), self.dims, self.coords)
+
+    def __repr__(self, **kw) -> str:
+        return f"LabelledTensor(dims={self.dims})\n" + repr(self.plain())
+
+
 @dataclass
 class PatchResult:
     """A labelled grid of metric values, one per intervention.
 
     Attributes:
-        values: the metric per cell, averaged over samples; axes `dims`.
+        values: the metric per cell, averaged over samples: a `LabelledTensor` with axes `dims`
+            (`values.sel(layer=3, group="audio")`).
         dims: axis names, e.g. `("layer", "position")`.
         coords: the label of every index along each axis.
         per_sample: `values` before averaging, `[*values.shape, batch]` (None for
@@ -53,9 +104,10 @@ class PatchResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        shape = tuple(len(self.coords[d]) for d in self.dims)
-        if tuple(self.values.shape) != shape:
-            raise ValueError(f"values {tuple(self.values.shape)} do not match the axes {dict(zip(self.dims, shape))}")
+        self.values = LabelledTensor(self.values, self.dims, self.coords)
+        if self.per_sample is not None:
+            b = self.per_sample.shape[-1]
+            self.per_sample = LabelledTensor(self.per_sample, self.dims + ("sample",), {**self.coords, "sample": list(range(b))})
 
     @property
     def shape(self) -> tuple[int, ...]:
