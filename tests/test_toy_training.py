@@ -26,9 +26,25 @@ def test_two_training_steps_write_a_checkpoint_hf_loads(smoke):
     hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.audio_token == "<|AUDIO|>" and tok.vision_bos_token == "<|vision_bos|>"
-    WhisperFeatureExtractor.from_pretrained(out)
+    # HF's own processors read their fields from the one preprocessor_config.json, as in a real checkpoint
+    fe = WhisperFeatureExtractor.from_pretrained(out)
+    assert fe.feature_size == 128
+    from transformers import Qwen2VLImageProcessorPil
+
+    from avlens.data import media
+
+    wave = synth.make_clip("dog", "clear", seed=1).waveform
+    ref = fe(wave, sampling_rate=16000, return_tensors="pt", padding="max_length", return_attention_mask=True)
+    ours, _ = media.audio_features(wave)
+    torch.testing.assert_close(ours, ref["input_features"], atol=1e-5, rtol=0)
+    ip = Qwen2VLImageProcessorPil.from_pretrained(out)
+    assert ip.size["shortest_edge"] == ip.size["longest_edge"] == 56 * 56
     model = load_toy(path=str(out))
     assert model.media_defaults["max_pixels"] == 56 * 56
+    from avlens import HookedAVTransformer
+
+    # the plain loading path reads the pixel budget from the checkpoint's processor config too
+    assert HookedAVTransformer.from_pretrained(str(out)).media_defaults == {"min_pixels": 56 * 56, "max_pixels": 56 * 56}
     # the hooked model and HF's give the same logits on a toy clip
     clip = synth.make_clip("dog", "clear", seed=1)
     ex = tasks.multiple_choice(clip)

@@ -1,6 +1,6 @@
 """A small word-level tokenizer in Hugging Face format with Qwen2.5-Omni's special tokens.
 
-The toy model's vocabulary is a few hundred words. Its tokenizer is a `tokenizers` WordLevel model
+The toy model's vocabulary is 83 words (plus the special tokens). Its tokenizer is a `tokenizers` WordLevel model
 (whitespace-split words, one id each) wrapped in `PreTrainedTokenizerFast`, and it defines
 Qwen2.5-Omni's special tokens as named special tokens, so `tokenizer.audio_token`,
 `tokenizer.vision_bos_token`, `tokenizer.video_token_id`, ... exist exactly as Hugging Face's

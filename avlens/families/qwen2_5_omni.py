@@ -209,7 +209,9 @@ class HookedQwen2_5Omni(HookedAVTransformer):
         tokenizer = None
         if load_tokenizer:
             tokenizer = _try_tokenizer(root)
-        return cls.from_hf(hf, tokenizer=tokenizer)
+        model = cls.from_hf(hf, tokenizer=tokenizer)
+        model.media_defaults = _processor_pixel_budget(root)
+        return model
 
     # ---------------------------------------------------------------------------------- inputs
     def special_token_ids(self) -> set[int]:
@@ -766,6 +768,23 @@ def media_placeholder_ids(
     if n_audio_frames is not None:
         out += [t["audio_start_token_id"]] + [t["audio_token_id"]] * audio_token_count(n_audio_frames) + [t["audio_end_token_id"]]
     return out
+
+
+def _processor_pixel_budget(root) -> dict:
+    """`{"min_pixels", "max_pixels"}` from the checkpoint's preprocessor_config.json (the image
+    processor's `size` {"shortest_edge", "longest_edge"} or the older top-level keys), so
+    `prepare_media` resizes frames as the checkpoint's own processor does; {} when absent."""
+    import json
+    from pathlib import Path
+
+    path = Path(root) / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    cfg = json.loads(path.read_text())
+    size = cfg.get("size") or {}
+    lo = cfg.get("min_pixels", size.get("shortest_edge"))
+    hi = cfg.get("max_pixels", size.get("longest_edge"))
+    return {k: int(v) for k, v in (("min_pixels", lo), ("max_pixels", hi)) if v is not None}
 
 
 def tiny_thinker_config(

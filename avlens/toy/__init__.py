@@ -36,6 +36,7 @@ def load_toy(dtype: Optional[torch.dtype] = None, device: Optional[str] = None, 
         )
     model = HookedAVTransformer.from_pretrained(str(root), dtype=dtype, device=device)
     settings = json.loads((root / "avlens_toy.json").read_text()) if (root / "avlens_toy.json").exists() else {}
-    model.media_defaults = {k: settings[k] for k in ("min_pixels", "max_pixels") if k in settings}
+    # from_pretrained reads the pixel budget from preprocessor_config.json; older folders kept it here
+    model.media_defaults = getattr(model, "media_defaults", None) or {k: settings[k] for k in ("min_pixels", "max_pixels") if k in settings}
     model.toy_settings = settings
     return model

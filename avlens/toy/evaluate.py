@@ -60,7 +60,13 @@ def first_token_predictions(model, tokenizer, store: ClipStore, clip_idx, rows, 
 
 def evaluate(model, tokenizer=None, n_clips: int = 360, seed: int = 1000, modes: Sequence[str] = MODES,
              captions: int = 48, batch_size: int = 32, verbose: bool = False) -> dict:
-    """Accuracy per (mode, task, condition), and the yes-rate on probes for absent objects."""
+    """Accuracy per (mode, task, condition), and the yes-rate on probes for absent objects.
+
+    Presence probes are also scored per kind: `presence_present` (the object is in the probed
+    modality), `presence_other_modality` (only in the other one: the cross-modal hallucination
+    case) and `presence_absent`. In the zeroed modes every answer is scored against the clip's
+    unzeroed ground truth (so e.g. "which modality" on a clear clip with the frames zeroed expects
+    "both")."""
     tokenizer = tokenizer or model.tokenizer
     ids_cfg = config_token_ids(tokenizer)
     clips = synth.make_dataset(n_clips, seed=seed)
@@ -75,9 +81,11 @@ def evaluate(model, tokenizer=None, n_clips: int = 360, seed: int = 1000, modes:
         rows = prompt_rows(examples, tokenizer, store)
         preds = first_token_predictions(model, tokenizer, store, clip_idx, rows, batch_size)
         for ex, p, a in zip(examples, preds, answers):
-            for key in ((mode, ex.task, ex.truth.condition), (mode, ex.task, "all")):
-                hits[key][0] += int(p == a)
-                hits[key][1] += 1
+            tasks_ = [ex.task] + ([f"presence_{ex.probe_kind}"] if ex.task == "presence" else [])
+            for task in tasks_:
+                for key in ((mode, task, ex.truth.condition), (mode, task, "all")):
+                    hits[key][0] += int(p == a)
+                    hits[key][1] += 1
             if ex.task == "presence" and ex.probe_kind == "absent":
                 hits[(mode, "absent_yes_rate", "all")][0] += int(p == yes_id)
                 hits[(mode, "absent_yes_rate", "all")][1] += 1

@@ -224,15 +224,30 @@ def train(cfg: TrainConfig, out_dir: Optional[str] = None, verbose: bool = True)
     return {"model": model, "tokenizer": tokenizer, **result}
 
 
-def save(model, tokenizer, out_dir: str, info: dict) -> None:
-    """Write the checkpoint folder: config.json, model.safetensors, tokenizer and processor files."""
+def write_preprocessor_config(out_dir: str) -> None:
+    """One preprocessor_config.json holding both the WhisperFeatureExtractor's fields (128 mel bins)
+    and the Qwen2VL image processor's (the toy's 56 x 56 pixel budget), as real Qwen2.5-Omni
+    checkpoints do: `WhisperFeatureExtractor.from_pretrained(dir)` and
+    `Qwen2VLImageProcessorPil.from_pretrained(dir)` each read their own fields from it. (Saving the
+    two with `save_pretrained` would write the same file twice, the second overwriting the first.)"""
     from transformers import Qwen2VLImageProcessorPil
 
+    fe = media.whisper_feature_extractor().to_dict()
+    ip = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=14, temporal_patch_size=2,
+                                  merge_size=2).to_dict()
+    clash = {k for k in set(fe) & set(ip) if fe[k] != ip[k]}
+    if clash:
+        raise RuntimeError(f"the feature extractor and the image processor disagree on {sorted(clash)}")
+    with open(os.path.join(out_dir, "preprocessor_config.json"), "w") as f:
+        json.dump({**ip, **fe}, f, indent=2, sort_keys=True)
+
+
+def save(model, tokenizer, out_dir: str, info: dict) -> None:
+    """Write the checkpoint folder: config.json, model.safetensors, tokenizer and processor files."""
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    media.whisper_feature_extractor().save_pretrained(out_dir)
-    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=14, temporal_patch_size=2, merge_size=2).save_pretrained(out_dir)
+    write_preprocessor_config(out_dir)
     with open(os.path.join(out_dir, "avlens_toy.json"), "w") as f:
         json.dump({"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "fps": synth.FPS, "duration": synth.DURATION,
                    "training": {k: v for k, v in info.items() if k != "model"}}, f, indent=1)
