@@ -7,8 +7,6 @@ skipping and verification, bad input, hook cleanup, and the result object.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch

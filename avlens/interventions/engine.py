@@ -30,7 +30,7 @@ from torch import Tensor
 
 from avlens.batch import AVBatch
 from avlens.model.components import KVCache, TransformerBlock
-from avlens.interventions.metrics import evaluate, metric_name, metric_reads, takes_batch
+from avlens.interventions.metrics import evaluate, metric_reads, takes_batch
 
 #: (start layer, first position) where a cell can first change the run; None: a no-op
 Plan = Optional[tuple[int, int]]
@@ -461,7 +461,3 @@ def first_true(mask: Tensor) -> Optional[int]:
     cols = mask.reshape(mask.shape[0], mask.shape[1], -1).any(-1).any(0)
     idx = cols.nonzero()
     return int(idx[0]) if len(idx) else None
-
-
-def describe_metric(metrics: dict) -> str:
-    return ", ".join(f"{k}={metric_name(m)}" for k, m in metrics.items())

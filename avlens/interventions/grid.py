@@ -143,7 +143,11 @@ def build_grid(
                     raise ValueError(f"window {list(w)} must be a non-empty list of layers in 0..{n_layers - 1}")
             axes.append((d, [f"{w[0]}-{w[-1]}" if len(w) > 1 else str(w[0]) for w in wins], [{"layers": w} for w in wins]))
         elif d == "position":
-            pos = list(range(S)) if positions is None else [int(p) % S if -S <= int(p) < S else _bad_position(p, S) for p in positions]
+            pos = list(range(S)) if positions is None else [int(p) for p in positions]
+            bad = [p for p in pos if not -S <= p < S]
+            if bad:
+                raise IndexError(f"positions {bad} are outside the sequence (length {S})")
+            pos = [p % S for p in pos]
             cols = torch.eye(S, dtype=torch.bool, device=layout.device)
             axes.append((d, pos, [{"mask": cols[p][None].expand(b, S)} for p in pos]))
         elif d == "group":
@@ -170,7 +174,3 @@ def build_grid(
             spec.update(part)
         cells.append(Cell(layers=spec.get("layers", tuple(layers)), mask=spec.get("mask", all_positions), heads=spec.get("heads")))
     return Grid(dims=dims, coords={a[0]: a[1] for a in axes}, cells=cells)
-
-
-def _bad_position(p, S):
-    raise IndexError(f"position {p} is outside the sequence (length {S})")

@@ -12,7 +12,7 @@ centre layer, `[max(0, l - 4), min(L, l + 5))`, swept over every centre.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-from torch import Tensor
 
 from avlens.interventions.corruptions import aligned_batches
 from avlens.interventions.engine import make_reading, run_base, run_sweep
