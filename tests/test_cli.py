@@ -69,6 +69,8 @@ def test_demo_report_has_every_section(demo_page):
     assert demo_page.count("Plotly.newPlot(") == 3  # attention heatmap, group flow, sink map
     assert "blocks.{l}.hook_resid_post" in demo_page
     assert ("class='banner'" in demo_page) == (not toy_available())  # a random model says so
+    if toy_available():  # the model card's evaluation table (from the checkpoint's avlens_toy.json)
+        assert "presence_other_modality" in demo_page and "audio only (frames zeroed)" in demo_page
 
 
 def test_demo_layout_strip_shows_audio_in_video_interleaving(demo_page):
