@@ -88,6 +88,19 @@ def hooked_model(hf_thinker) -> Callable[[str], Any]:
     return get
 
 
+@pytest.fixture(scope="module")
+def hf(request, hf_thinker):
+    """The shared tiny HF thinker of the requesting module's `VARIANT` (default "gqa2_hd16"); tests
+    that change weights build their own."""
+    return hf_thinker(getattr(request.module, "VARIANT", "gqa2_hd16"))
+
+
+@pytest.fixture(scope="module")
+def model(request, hooked_model):
+    """The shared `HookedAVTransformer` wrapping `hf` (same variant)."""
+    return hooked_model(getattr(request.module, "VARIANT", "gqa2_hd16"))
+
+
 @pytest.fixture(scope="session")
 def hf_case(hf_thinker) -> Callable[[str, str, str], HFCase]:
     """``hf_case(variant, kind, batch_spec)`` -> cached inputs, metadata and HF reference outputs."""

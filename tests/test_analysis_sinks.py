@@ -20,16 +20,6 @@ VARIANT = "gqa2_hd16"
 
 
 @pytest.fixture(scope="module")
-def hf(hf_thinker):
-    return hf_thinker(VARIANT)
-
-
-@pytest.fixture(scope="module")
-def model(hooked_model):
-    return hooked_model(VARIANT)
-
-
-@pytest.fixture(scope="module")
 def case(hf, model):
     """A left-padded batch of 2 with audio in video, and HF's hidden states and attentions."""
     from hf_reference import make_inputs

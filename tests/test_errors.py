@@ -16,18 +16,6 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf(hf_thinker):
-    """The shared tiny HF thinker (conftest.py); tests that change weights build their own."""
-    return hf_thinker(VARIANT)
-
-
-@pytest.fixture(scope="module")
-def model(hooked_model):
-    """The shared HookedAVTransformer wrapping `hf` (conftest.py)."""
-    return hooked_model(VARIANT)
-
-
-@pytest.fixture(scope="module")
 def audio(hf, model):
     inputs = make_inputs(hf.config, "audio", batch=1, seed=0)
     return inputs, model.prepare(**inputs)

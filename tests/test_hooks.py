@@ -26,18 +26,6 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf(hf_thinker):
-    """The shared tiny HF thinker (conftest.py); tests that change weights build their own."""
-    return hf_thinker(VARIANT)
-
-
-@pytest.fixture(scope="module")
-def model(hooked_model):
-    """The shared HookedAVTransformer wrapping `hf` (conftest.py)."""
-    return hooked_model(VARIANT)
-
-
-@pytest.fixture(scope="module")
 def ids(hf):
     c = hf.config
     return dict(audio=c.audio_token_id, video=c.video_token_id, image=c.image_token_id)

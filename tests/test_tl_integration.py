@@ -22,18 +22,6 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf(hf_thinker):
-    """The shared tiny HF thinker (conftest.py); tests that change weights build their own."""
-    return hf_thinker(VARIANT)
-
-
-@pytest.fixture(scope="module")
-def model(hooked_model):
-    """The shared HookedAVTransformer wrapping `hf` (conftest.py)."""
-    return hooked_model(VARIANT)
-
-
-@pytest.fixture(scope="module")
 def mixed(hf, model):
     inputs, meta = make_inputs_and_meta(hf.config, "mixed", batch=2, seed=0)
     return inputs, meta, model.prepare(**inputs)
