@@ -92,7 +92,8 @@ def _reencoded(model, batch: AVBatch, modality: str, fill: Tensor) -> AVBatch:
 
 def _silence(model, modality: str, raw: Tensor) -> Tensor:
     """The encoder input that a zero raw signal becomes: the log-mel column of a silent waveform
-    (Whisper's floor, -1.5), or the patch row of black frames ((0 - mean) / std per channel)."""
+    (Whisper's floor, -1.5), or the patch row of black frames ((0 - mean) / std per channel, with
+    the model's own normalisation)."""
     from avlens.data import media
 
     if modality == "audio":
@@ -102,6 +103,9 @@ def _silence(model, modality: str, raw: Tensor) -> Tensor:
     f = p["patch_size"] * p["merge_size"]
     zeros = np.zeros((p["temporal_patch_size"], f, f, 3), dtype=np.uint8)
     kw = dict(patch_size=p["patch_size"], temporal_patch_size=p["temporal_patch_size"], merge_size=p["merge_size"], do_resize=False)
+    # the family's pixel normalisation where it has its own (Qwen3-Omni: mean = std = 0.5), else CLIP's
+    vp = getattr(model, "vision_processing", None) or {}
+    kw.update({k: vp[k] for k in ("image_mean", "image_std") if k in vp})
     rows = media.video_patches(zeros, **kw)[0] if modality == "video" else media.image_patches(zeros[0], **kw)[0]
     if rows.shape[1] != raw.shape[1]:
         raise ValueError(f"this model's {modality} patches have {raw.shape[1]} values, black frames gave {rows.shape[1]}")
