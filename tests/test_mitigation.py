@@ -4,6 +4,7 @@ run end to end on the toy benchmark through the published scorers."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,7 +163,10 @@ def test_methods_run_on_the_toy_benchmark(toy, tmp_path):
     from avlens.mitigation.compare import compare_methods
 
     write_toy_benchmark(str(tmp_path), n_clips=2, seed=7)
-    methods = {"plain": Plain(), "sink_steering": SinkSteering(sinks=TOY_SINKS), "var": VAR(sinks=TOY_SINKS), "pai": PAI(), "vcd": VCD()}
+    from avlens.mitigation.baselines import AVCD, MAD
+
+    methods = {"plain": Plain(), "sink_steering": SinkSteering(sinks=TOY_SINKS), "var": VAR(sinks=TOY_SINKS), "pai": PAI(), "vcd": VCD(),
+               "avcd": AVCD(), "mad": MAD()}
     res = compare_methods(toy, str(tmp_path), methods, n_boot=50)
     t = res.table.set_index("method")
     assert list(t.index) == list(methods) and (t["n_yes_no"] > 0).all() and (t["n_captions"] == 2).all()
@@ -180,3 +184,135 @@ def test_hallucination_command_writes_the_table(tmp_path, capsys):
     assert "| vcd |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown methods"):
         main(["hallucination", "--out", str(tmp_path), "--n-clips", "1", "--methods", "nope"])
+
+
+# --- AVCD -------------------------------------------------------------------------------------
+
+def test_avcd_combination_cutoff_and_entropy_gate_hand_computed():
+    from avlens.mitigation.baselines import avcd_contrast
+
+    z = torch.tensor([[3.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    z1 = torch.tensor([[1.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+    z2 = torch.tensor([[0.5, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    z3 = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    out = avcd_contrast(z, z1, z2, z3)
+    # sample 0: 3 z - z1 + z2 + z3 = [9 - 1 + 0.5, 6 - 2 + 1, 0] = [8.5, 5, 0];
+    # entropy of softmax([3, 2, 0]) = 0.83 >= 0.6 -> contrast; cutoff 3 + log 0.2 = 1.39: token 2 dropped
+    assert out[0, 0] == 8.5 and out[0, 1] == 5.0 and out[0, 2] == float("-inf")
+    # sample 1: uniform, entropy log 3 = 1.10 -> contrast, nothing below the cutoff: [-1, 1, 2]
+    torch.testing.assert_close(out[1], torch.tensor([-1.0, 1.0, 2.0]))
+    # a confident sample (entropy < 0.6) gets its plain logits
+    zc = torch.tensor([[6.0, 0.0, 0.0]])
+    p = [math.exp(6) / (math.exp(6) + 2), 1 / (math.exp(6) + 2), 1 / (math.exp(6) + 2)]
+    assert -sum(x * math.log(x) for x in p) < 0.6
+    torch.testing.assert_close(avcd_contrast(zc, z1[:1], z2[:1], z3[:1]), zc)
+    # raising the threshold above log 3 gates the uniform sample too; the official fill value
+    torch.testing.assert_close(avcd_contrast(z, z1, z2, z3, entropy_threshold=1.2)[1], z[1])
+    assert avcd_contrast(z, z1, z2, z3, fill=-1e-4)[0, 2] == -1e-4
+    # alpha = 1: 4 z - 2 z1 + z2 + z3 on sample 0, token 0: 12 - 2 + 0.5 + 0 = 10.5
+    assert avcd_contrast(z, z1, z2, z3, alpha=1.0)[0, 0] == 10.5
+
+
+def test_avcd_masks_the_most_attended_tokens_of_the_other_modalities(toy, prompt):
+    from avlens.mitigation.baselines import AVCD
+
+    batch = prompt.build(toy)
+    L = toy.cfg.n_layers
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    _, cache = toy.run_with_cache(batch, names_filter=names)
+    n = batch.shape[1]
+    att = [sum(float(cache[nm][0, :, -1, k].mean()) for nm in names) / L for k in range(n)]
+    lay = batch.layout
+    groups = {"text": lay.mask("text")[0], "video": lay.mask("video")[0], "audio": lay.mask("audio")[0]}
+    pos = {m: [k for k in range(n) if g[k]] for m, g in groups.items()}
+    mean = {m: sum(att[k] for k in p) / len(p) for m, p in pos.items()}
+    dom = max(mean, key=mean.get)
+    top = {}
+    for m, p in pos.items():
+        ranked = sorted(p, key=lambda k: (-att[k], k))
+        top[m] = set(ranked[: math.ceil(len(p) / 2)])
+    out = decode(toy, prompt, AVCD(), max_new_tokens=3)
+    run = out.run
+    assert run.dominant == [dom] and out.n_branches == 4
+    plan = {"text": (("video", "audio"), ("audio",), ("video",)), "video": (("text", "audio"), ("audio",), ("text",)),
+            "audio": (("text", "video"), ("video",), ("text",))}[dom]
+    for i, mods in enumerate(plan):
+        want = set().union(*(top[m] for m in mods))
+        assert set(run.key_masks[i][0].nonzero().flatten().tolist()) == want
+    assert not toy.hook_dict["blocks.1.attn.hook_attn_scores"].fwd_hooks  # nothing left registered
+
+
+def test_avcd_branch_mask_blocks_attention_to_the_chosen_keys(toy, prompt):
+    from avlens.mitigation.baselines import AVCD
+
+    out = decode(toy, prompt, AVCD(), max_new_tokens=1)
+    run = out.run
+    km = run.key_masks[0][0]
+    batch = prompt.build(toy)
+    got = {}
+    hooks = [h for h in run.branches[1].hooks if h[0] == "blocks.1.attn.hook_attn_scores"]
+    toy.run_with_hooks(batch, fwd_hooks=hooks + [("blocks.1.attn.hook_pattern", lambda p, hook: got.setdefault("p", p.clone()))])
+    P = got["p"][0]
+    for k in km.nonzero().flatten().tolist():
+        assert float(P[:, k + 1:, k].detach().abs().max()) == 0.0  # no later query reads a masked key
+    # the step's scores are AVCD's contrast of the four branches' logits (recomputed by hand from separate runs)
+    logits = [toy.run_with_hooks(batch, fwd_hooks=list(br.hooks))[:, -1].float() for br in run.branches[1:]]
+    z = toy.forward(batch)[:, -1].float()
+    ent = float(-(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum().detach())
+    if ent < 0.6:
+        ref = z
+    else:
+        ref = 3 * z - logits[0] + logits[1] + logits[2]
+        ref = ref.masked_fill(z < z.max() + math.log(0.2), float("-inf"))
+    torch.testing.assert_close(out.scores[:, 0], ref, rtol=1e-4, atol=1e-4)
+
+
+# --- MAD --------------------------------------------------------------------------------------
+
+def test_mad_weights_and_combination_hand_computed():
+    from avlens.mitigation.baselines import mad_contrast, mad_weights
+
+    w = mad_weights(torch.tensor([0.2]), torch.tensor([0.3]), torch.tensor([0.5]), gamma=0.5)
+    # [2 + 0.5, 1 - 0.5 (0.5 - 0.3), 1 - 0.5 (0.5 - 0.2), -0.5 (0.3 + 0.2)] = [2.5, 0.9, 0.85, -0.25]
+    torch.testing.assert_close(w, torch.tensor([[2.5, 0.9, 0.85, -0.25]]))
+    zs = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([[4.0, 0.0]]), torch.tensor([[0.0, 8.0]])]
+    # token 0: 2.5 + 0 + 3.4 + 0 = 5.9; token 1: 0 + 1.8 + 0 - 2 = -0.2
+    torch.testing.assert_close(mad_contrast(zs, w), torch.tensor([[5.9, -0.2]]))
+
+
+def test_mad_self_assessment_is_a_softmax_of_the_models_word_logits(toy, prompt):
+    from avlens.data import tasks
+    from avlens.mitigation.baselines import MAD
+
+    ids = [toy.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("audio", "video", "both")]
+    q = AVPrompt(tasks.prompt_text(tasks.Example("modality", tasks.MODALITY_QUESTION, "", None)), audio=prompt.audio,
+                 video=prompt.video, fps=prompt.fps)
+    z = toy.forward(q.build(toy))[0, -1].double()
+    e = [math.exp(float(z[i]) - float(z[ids].max())) for i in ids]
+    p_a, p_v, p_b = (x / sum(e) for x in e)
+    out = decode(toy, prompt, MAD(), max_new_tokens=2)
+    torch.testing.assert_close(out.run.probs[0].double(), torch.tensor([p_a, p_v, p_b], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    w = [2 + p_b, 1 - 0.5 * (p_b - p_v), 1 - 0.5 * (p_b - p_a), -0.5 * (p_v + p_a)]
+    torch.testing.assert_close(out.run.weights[0].double(), torch.tensor(w, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    # the first step's scores are the weighted sum of the four branches' logits, recomputed here
+    clip_a = prompt.build(toy, audio=np.zeros_like(prompt.audio))
+    clip_v = prompt.build(toy, video=np.zeros_like(prompt.video))
+    clip_t = prompt.build(toy, audio=np.zeros_like(prompt.audio), video=np.zeros_like(prompt.video))
+    zs = [toy.forward(b)[0, -1].double() for b in (prompt.build(toy), clip_a, clip_v, clip_t)]
+    ref = sum(wi * zi for wi, zi in zip(w, zs))
+    torch.testing.assert_close(out.scores[0, 0].double(), ref, rtol=1e-4, atol=1e-3)
+    assert out.n_branches == 4
+
+
+def test_mad_without_the_words_is_not_applicable(toy, prompt, tmp_path):
+    from avlens.mitigation import NotApplicable
+    from avlens.mitigation.baselines import MAD
+    from avlens.mitigation.compare import compare_methods
+
+    with pytest.raises(NotApplicable, match="not applicable.*'zebra'"):
+        decode(toy, prompt, MAD(words=("audio", "zebra", "both")), max_new_tokens=1)
+    write_toy_benchmark(str(tmp_path), n_clips=1, seed=7)
+    res = compare_methods(toy, str(tmp_path), {"plain": Plain(), "mad": MAD(words=("audio", "zebra", "both"))}, n_boot=20)
+    t = res.table.set_index("method")
+    assert "not applicable" in t.loc["mad", "not_applicable"] and t.loc["plain", "not_applicable"] == ""
+    assert math.isnan(t.loc["mad", "accuracy"]) and "| mad | n/a |" in res.markdown()

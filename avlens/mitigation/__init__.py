@@ -4,12 +4,12 @@
     out = decode(model, AVPrompt(text, audio=wave, video=frames), SinkSteering(), max_new_tokens=16)
 """
 
-from avlens.mitigation.decoding import AVPrompt, Branch, DecodeOutput, Method, MethodRun, Plain, decode
+from avlens.mitigation.decoding import AVPrompt, Branch, DecodeOutput, Method, MethodRun, NotApplicable, Plain, decode
 from avlens.mitigation.guidance import AdaptiveGuidance, guidance_target
 from avlens.mitigation.steering import (VAR, SinkConfig, SinkSteering, SteeringSinks, boost_layers, boost_scores, guidance_band,
                                         redistribute_pattern, steering_sinks)
 
-__all__ = ["AVPrompt", "Branch", "DecodeOutput", "Method", "MethodRun", "Plain", "decode", "AdaptiveGuidance", "guidance_target",
+__all__ = ["AVPrompt", "Branch", "DecodeOutput", "Method", "MethodRun", "NotApplicable", "Plain", "decode", "AdaptiveGuidance", "guidance_target",
            "VAR", "SinkConfig", "SinkSteering", "SteeringSinks", "boost_layers", "boost_scores", "guidance_band",
            "redistribute_pattern", "steering_sinks", "compare_methods", "default_methods"]
 
@@ -18,11 +18,11 @@ def default_methods(toy: bool = False) -> dict:
     """Every implemented method with its published defaults (on the toy model, the attention sink
     definition with eps = 0.1, since the toy has no massive activations)."""
     sinks = SinkConfig("attention", eps=0.1, dims=[]) if toy else SinkConfig()
-    from avlens.mitigation.baselines import PAI, VCD
+    from avlens.mitigation.baselines import AVCD, MAD, PAI, VCD
 
     return {"plain": Plain(), "sink_steering": SinkSteering(sinks=sinks),
             "adaptive_guidance": AdaptiveGuidance(SinkSteering(sinks=sinks)), "var": VAR(sinks=sinks),
-            "pai": PAI(), "vcd": VCD()}
+            "pai": PAI(), "vcd": VCD(), "avcd": AVCD(), "mad": MAD()}
 
 
 def compare_methods(*args, **kwargs):

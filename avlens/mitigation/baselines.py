@@ -10,6 +10,12 @@
   dropped; alpha 1, beta 0.1; the noised media is VCD's `add_diffusion_noise` (1,000 steps, sigmoid
   beta schedule from 1e-5 to 5e-3, step 500) applied to the encoders' inputs (pixel patches and
   log-mel features), here for audio and video.
+* `AVCD` (Jung et al., NeurIPS 2025; official code `kaistmm/AVCD`): dominant modality from last-query
+  attention, three branches with the other modalities' most attended tokens masked,
+  `avcd_contrast`: `(2 + 2 alpha) z - 2 alpha z1 + z2 + z3`, alpha 0.5, cutoff beta 0.2, plain logits
+  where the entropy of `softmax(z)` < 0.6.
+* `MAD` (arXiv 2601.21181; official code `top-yun/MAD`): the model's own audio / video / both
+  self-assessment weights four branches (`mad_weights`), gamma 0.5.
 """
 
 from __future__ import annotations
@@ -17,16 +23,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avlens.mitigation.decoding import Branch, Method, MethodRun
-from avlens.mitigation.steering import boost_hooks
+from avlens.mitigation.decoding import AVPrompt, Branch, Method, MethodRun, NotApplicable
+from avlens.mitigation.steering import _pad_keys, boost_hooks
 
-__all__ = ["pai_contrast", "vcd_contrast", "diffusion_noise", "PAI", "VCD", "strip_media_placeholders"]
+__all__ = ["pai_contrast", "vcd_contrast", "diffusion_noise", "PAI", "VCD", "strip_media_placeholders", "avcd_contrast",
+           "avcd_selection", "AVCD", "AVCD_PLAN", "mad_weights", "mad_contrast", "mad_word_ids", "MAD", "toy_assessment"]
 
 _RAW_KEYS = {"audio": "input_features", "video": "pixel_values_videos", "image": "pixel_values"}
 _PLACEHOLDER = re.compile(r"<\|(vision|audio)_bos\|>.*?<\|(vision|audio)_eos\|>\s*")
@@ -128,3 +135,232 @@ class VCD(Method):
     def start(self, model, prompt, batch):
         return _ContrastRun([Branch(batch, [], "original"), Branch(self.noised(model, batch), [], "noised")],
                             lambda a, b: vcd_contrast(a, b, self.alpha, self.beta))
+
+
+# ---------------------------------------------------------------------------------------------
+# AVCD (Jung, Jang, Chung, NeurIPS 2025, arXiv 2505.20862; official code kaistmm/AVCD,
+# `videollama2/__init__.py::mm_infer`)
+# ---------------------------------------------------------------------------------------------
+
+AVCD_MODALITIES = ("text", "video", "audio")
+# the official branch plan: dominant modality -> (z1, z2, z3), each the modalities whose highly attended
+# tokens are masked ("language": VA, A, V; "video": LA, A, L; "audio": LV, V, L)
+AVCD_PLAN = {"text": (("video", "audio"), ("audio",), ("video",)),
+             "video": (("text", "audio"), ("audio",), ("text",)),
+             "audio": (("text", "video"), ("video",), ("text",))}
+
+
+def avcd_contrast(z: Tensor, z1: Tensor, z2: Tensor, z3: Tensor, alpha: float = 0.5, beta: float = 0.2,
+                  entropy_threshold: float = 0.6, fill: float = float("-inf")) -> Tensor:
+    """AVCD's step: `(2 + 2 alpha) z - 2 alpha z1 + z2 + z3`, entries with `z < max z + log beta` set to
+    `fill`; per sample, where the entropy (nats) of `softmax(z)` is below `entropy_threshold` the plain
+    logits `z` are returned instead (the official entropy gate, which skips the cutoff too). The
+    official code fills with -1e-4 (`fill=-1e-4` reproduces it); the default -inf is the paper's
+    adaptive plausibility constraint."""
+    z, z1, z2, z3 = (x.float() for x in (z, z1, z2, z3))
+    out = (2 + 2 * alpha) * z - 2 * alpha * z1 + z2 + z3
+    out = out.masked_fill(z < z.amax(-1, keepdim=True) + math.log(beta), fill)
+    ent = -(F.softmax(z, -1) * F.log_softmax(z, -1)).sum(-1)
+    return torch.where((ent < entropy_threshold)[:, None], z, out)
+
+
+def avcd_selection(attn: Tensor, groups: dict, top_ratio: float = 0.5) -> tuple[list[str], list[dict]]:
+    """From last-query attention `attn [b, k]` (head- and layer-averaged) and bool token masks
+    `groups[m] [b, k]` for m in text / video / audio: per sample, the dominant modality (largest mean
+    attention per token) and, for each other modality, the mask of its `ceil(top_ratio n_m)` most
+    attended tokens (ties broken by position)."""
+    dominant, masks = [], []
+    for b in range(attn.shape[0]):
+        per = {}
+        for m in AVCD_MODALITIES:
+            g = groups[m][b]
+            if not bool(g.any()):
+                raise ValueError(f"AVCD needs text, video and audio tokens in every sample; sample {b} has no {m} tokens")
+            per[m] = float(attn[b][g].mean())
+        d = max(AVCD_MODALITIES, key=lambda m: per[m])
+        dominant.append(d)
+        sel = {}
+        for m in AVCD_MODALITIES:
+            if m == d:
+                continue
+            pos = groups[m][b].nonzero().flatten()
+            k = max(1, math.ceil(top_ratio * len(pos)))
+            order = torch.argsort(attn[b][pos], descending=True, stable=True)[:k]
+            mk = torch.zeros_like(groups[m][b])
+            mk[pos[order]] = True
+            sel[m] = mk
+        masks.append(sel)
+    return dominant, masks
+
+
+class _AVCDRun(MethodRun):
+    def __init__(self, method: "AVCD", groups: dict, layers: list[int]):
+        super().__init__([])
+        self.m, self.groups, self.layers = method, groups, set(layers)
+        self.acc: list[Tensor] = []
+        self.dominant: Optional[list[str]] = None
+        self.masks: Optional[list[dict]] = None
+        self.key_masks: list[Optional[Tensor]] = [None, None, None]  # [b, n_prompt] per perturbed branch
+
+    def record(self, pattern: Tensor, layer: int) -> None:
+        if self.dominant is not None:  # the prefill decided; decoding steps leave it alone
+            return
+        self.acc.append(pattern[:, :, -1, :].float().mean(1))
+        if len(self.acc) == len(self.layers):
+            attn = torch.stack(self.acc).mean(0)
+            self.dominant, self.masks = avcd_selection(attn, {m: g.to(attn.device) for m, g in self.groups.items()}, self.m.top_ratio)
+            for i in range(3):
+                km = torch.zeros_like(self.groups["text"], device=attn.device)
+                for b, d in enumerate(self.dominant):
+                    for m in AVCD_PLAN[d][i]:
+                        km[b] |= self.masks[b][m]
+                self.key_masks[i] = km
+            self.acc = []
+
+    def mask_scores(self, i: int, scores: Tensor) -> Tensor:
+        km = self.key_masks[i]
+        if km is None:
+            raise RuntimeError("AVCD's masked branch ran before the original branch's prefill chose the tokens")
+        n_q, n_k = scores.shape[-2], scores.shape[-1]
+        keys = _pad_keys(km.to(scores.device), n_k)
+        q_abs = torch.arange(n_k - n_q, n_k, device=scores.device)
+        m = keys[:, None, :] & (q_abs[:, None] != torch.arange(n_k, device=scores.device)[None, :])[None]  # keep the diagonal
+        return scores.masked_fill(m[:, None], float("-inf"))
+
+    def combine(self, step, logits):
+        m = self.m
+        return avcd_contrast(*logits, alpha=m.alpha, beta=m.beta, entropy_threshold=m.entropy_threshold, fill=m.fill)
+
+
+class AVCD(Method):
+    """Audio-visual contrastive decoding (Jung, Jang, Chung, *AVCD: Mitigating Hallucinations in
+    Audio-Visual Large Language Models through Contrastive Decoding*, NeurIPS 2025, arXiv 2505.20862;
+    official code `kaistmm/AVCD`, `mm_infer`). From the original branch's last-query attention in the
+    prefill (head-averaged, averaged over `layers`, default all), the dominant modality among text,
+    video and audio is the one with the largest attention per token; three perturbed branches mask
+    (attention scores -inf, every query but the token's own) the most attended `top_ratio` of the
+    tokens of the other modalities, by the official plan `AVCD_PLAN` (z1: both others, z2 and z3: one
+    each); each step combines them with `avcd_contrast` (alpha 0.5, cutoff beta 0.2, entropy gate
+    0.6). Four branches, each with its own KV cache.
+
+    Departures from the released code, stated: it re-runs every branch without a cache at every step
+    (dominance re-estimated each step, branches skipped when the gate holds); here the dominance and
+    masks are fixed at the prefill and every branch steps every time (its cache must follow). The
+    released threshold for "highly attended" lives in its modeling file, which avlens did not
+    recover: `top_ratio=0.5` (the top half of each masked modality's tokens) is avlens's choice."""
+
+    name = "avcd"
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.2, entropy_threshold: float = 0.6, top_ratio: float = 0.5,
+                 layers: Optional[Sequence[int]] = None, fill: float = float("-inf")):
+        if not 0 < top_ratio <= 1:
+            raise ValueError(f"top_ratio must be in (0, 1], got {top_ratio}")
+        self.alpha, self.beta, self.entropy_threshold, self.top_ratio = alpha, beta, entropy_threshold, top_ratio
+        self.layers, self.fill = None if layers is None else list(layers), fill
+
+    def start(self, model, prompt, batch):
+        lay = batch.layout
+        groups = {"text": lay.mask("text"), "video": lay.mask("video") | lay.mask("image"), "audio": lay.mask("audio")}
+        for m, g in groups.items():
+            if not bool(g.any(1).all()):
+                raise ValueError(f"AVCD needs text, video and audio tokens in every sample; some sample has no {m} tokens")
+        layers = list(range(model.cfg.n_layers)) if self.layers is None else self.layers
+        run = _AVCDRun(self, groups, layers)
+
+        def rec(l):
+            return lambda pattern, hook: run.record(pattern, l)
+
+        def masker(i):
+            return lambda scores, hook: run.mask_scores(i, scores)
+
+        orig = Branch(batch, [(f"blocks.{l}.attn.hook_pattern", rec(l)) for l in layers], "original")
+        names = [f"blocks.{l}.attn.hook_attn_scores" for l in range(model.cfg.n_layers)]
+        run.branches = [orig] + [Branch(batch, [(n, masker(i)) for n in names], f"z{i + 1}") for i in range(3)]
+        return run
+
+
+# ---------------------------------------------------------------------------------------------
+# MAD (modality-adaptive decoding, arXiv 2601.21181; official code top-yun/MAD, `qwen-omni/utils.py`)
+# ---------------------------------------------------------------------------------------------
+
+MAD_WORDS = ("audio", "video", "both")
+
+
+def mad_weights(p_a: Tensor, p_v: Tensor, p_b: Tensor, gamma: float = 0.5) -> Tensor:
+    """`[2 + 2 gamma p_b, 1 - gamma (p_b - p_v), 1 - gamma (p_b - p_a), -gamma (p_v + p_a)]` per sample,
+    for the branches (audio+video, video only, audio only, text only): `[b, 4]`."""
+    return torch.stack([2 + 2 * gamma * p_b, 1 - gamma * (p_b - p_v), 1 - gamma * (p_b - p_a), -gamma * (p_v + p_a)], -1)
+
+
+def mad_contrast(logits: Sequence[Tensor], weights: Tensor) -> Tensor:
+    """`sum_i weights[:, i] z_i` on raw logits (the official code's `logits_mat.sum(0)`)."""
+    return sum(weights[:, i, None].to(torch.float32) * z.float() for i, z in enumerate(logits))
+
+
+def mad_word_ids(tokenizer, words: Sequence[str] = MAD_WORDS) -> list[int]:
+    """The single-token ids of the self-assessment answers; `NotApplicable` if any is missing from the
+    vocabulary (unknown or split into several tokens)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = []
+    for w in words:
+        t = tokenizer.encode(w, add_special_tokens=False)
+        if len(t) != 1 or (unk is not None and t[0] == unk):
+            raise NotApplicable(f"MAD is not applicable to this model: its vocabulary has no single token for {w!r} "
+                                f"(encodes to {t}), so it cannot answer the audio / video / both self-assessment")
+        ids.append(int(t[0]))
+    return ids
+
+
+def toy_assessment(prompt: AVPrompt) -> str:
+    """The toy's self-assessment prompt: its "which modality" question with the clip's media (the toy
+    cannot read MAD's "To answer this question, which modality is needed (audio, video, or both):")."""
+    from avlens.data import tasks
+
+    return tasks.prompt_text(tasks.Example("modality", tasks.MODALITY_QUESTION, "", None))
+
+
+class _MADRun(MethodRun):
+    def __init__(self, branches, weights: Tensor, probs: Tensor):
+        super().__init__(branches)
+        self.weights, self.probs = weights, probs  # [b, 4]; [b, 3] = p_a, p_v, p_b
+
+    def combine(self, step, logits):
+        return mad_contrast(logits, self.weights.to(logits[0].device))
+
+
+class MAD(Method):
+    """Modality-adaptive decoding (*MAD*, arXiv 2601.21181; official code `top-yun/MAD`,
+    `qwen-omni/utils.py::mm_contrast_decode_qwen`). The model is asked which modality is needed
+    (`assessment(prompt)` -> prompt text, with the clip's media; default the toy's
+    "which modality tells you what the object is ?"); the softmax over its next-token logits of
+    "audio", "video", "both" gives p_a, p_v, p_b; four branches (audio+video, video only, audio only,
+    text only), each with its own KV cache, are summed with `mad_weights` (gamma 0.5, the official
+    script's default; the paper's tables use 2.5) on raw logits, greedy. A modality is removed by
+    zeroing its raw input (`zero_media`: silent waveform / black frames, positions unchanged), where the
+    official code drops it from the prompt. Raises `NotApplicable` if the vocabulary lacks the three
+    words. `run.probs` holds (p_a, p_v, p_b)."""
+
+    name = "mad"
+    needs_prompt = True
+
+    def __init__(self, gamma: float = 0.5, assessment: Callable[[AVPrompt], str] = toy_assessment, words: Sequence[str] = MAD_WORDS):
+        self.gamma, self.assessment, self.words = gamma, assessment, tuple(words)
+
+    @torch.no_grad()
+    def modality_probs(self, model, prompt: AVPrompt) -> Tensor:
+        """`[b, 3]`: softmax over the assessment prompt's last-position logits of the three words."""
+        ids = mad_word_ids(model.tokenizer, self.words)
+        z = model.forward(prompt.build(model, text=self.assessment(prompt)))[:, -1].float()
+        return torch.softmax(z[:, ids], -1)
+
+    def start(self, model, prompt, batch):
+        from avlens.interventions.corruptions import zero_media
+
+        probs = self.modality_probs(model, prompt)
+        p_a, p_v, p_b = probs.unbind(-1)
+        w = mad_weights(p_a, p_v, p_b, self.gamma)
+        no_audio = zero_media(model, batch, "audio")
+        no_video = zero_media(model, batch, "video")
+        text_only = zero_media(model, no_audio, "video")
+        return _MADRun([Branch(batch, [], "audio_video"), Branch(no_audio, [], "video_only"), Branch(no_video, [], "audio_only"),
+                        Branch(text_only, [], "text_only")], w, probs)

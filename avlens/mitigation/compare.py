@@ -9,7 +9,9 @@ bootstrap confidence intervals and the per-token latency relative to plain decod
 Every method decodes greedily from the same prompts (`decode`); yes/no probes are scored by the
 AVHBench parsers (`parser`, default MAD's), captions by CHAIR. Where a method has nothing to edit
 on a sample (it raises ValueError, e.g. no cross-modal sink), that sample is decoded plainly and
-counted in `n_not_applied`. A sample whose media cannot be read is
+counted in `n_not_applied`. A method that cannot run on the model at all (`NotApplicable`, e.g. MAD
+without the audio / video / both words) gets a row with empty metrics and its reason in
+`not_applicable`. A sample whose media cannot be read is
 recorded in `res.skipped` and left out for every method.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from avlens.analysis.hallucination import (AVH_YES_NO_TASKS, ObjectVocabulary, bootstrap_ci, parse_yes_no, read_records,
                                            score_avhbench, score_captions)
-from avlens.mitigation.decoding import AVPrompt, Method, Plain, decode
+from avlens.mitigation.decoding import AVPrompt, Method, NotApplicable, Plain, decode
 
 __all__ = ["compare_methods", "Comparison", "toy_prompt"]
 
@@ -58,6 +60,9 @@ class Comparison:
         rows = []
         for _, r in t.iterrows():
             cells = []
+            if r.get("not_applicable"):
+                rows.append("| " + " | ".join([str(r["method"])] + ["n/a"] * (len(cols) - 1)) + " |")
+                continue
             for c in cols:
                 v = r[c]
                 if c in ("accuracy", "yes_ratio", "false_yes_rate", "chair_i", "chair_s"):
@@ -113,6 +118,7 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             from tqdm.auto import tqdm
 
             it = tqdm(items, desc=name)
+        not_applicable = ""
         for kind, r in it:
             wave, frames, fps = get(r["video_id"])
             q = r["text"] if kind == "yes_no" else r["prompt"]
@@ -120,6 +126,9 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             n_new = yes_no_tokens if kind == "yes_no" else caption_tokens
             try:
                 o, applied = decode(model, p, method, n_new, eos), True
+            except NotApplicable as e:  # the method cannot run on this model at all: its row says so
+                not_applicable = str(e)
+                break
             except ValueError:  # nothing to steer on this sample (e.g. no cross-modal sink): plain decoding, counted
                 o, applied = decode(model, p, Plain(), n_new, eos), False
             toks = [t for t in o.tokens[0].tolist() if t != eos]
@@ -127,6 +136,15 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             secs, setup, n_tok = secs + o.seconds, setup + o.setup_seconds, n_tok + o.tokens.shape[1]
             out_recs.append({**r, "kind": kind, "pred": text, "seconds": o.seconds, "n_tokens": int(o.tokens.shape[1]),
                              "applied": applied})
+        if not_applicable:
+            nan = float("nan")
+            row = {"method": name, "n_yes_no": 0, "n_captions": 0, "n_not_applied": len(items), "not_applicable": not_applicable}
+            for k in ("accuracy", "yes_ratio", "false_yes_rate", "chair_s", "chair_i"):
+                row[k] = row[k + "_lo"] = row[k + "_hi"] = nan
+            row.update(f1=nan, overall_mad=nan, recall=nan, ms_per_token=nan, setup_ms=nan)
+            rows.append(row)
+            preds[name] = []
+            continue
         preds[name] = out_recs
         yn = [r for r in out_recs if r["kind"] == "yes_no"]
         cp = [r for r in out_recs if r["kind"] == "caption"]
@@ -158,6 +176,7 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             row["recall"] = float("nan")
         row["ms_per_token"] = 1000 * secs / max(n_tok, 1)
         row["setup_ms"] = 1000 * setup / max(len(out_recs), 1)
+        row["not_applicable"] = ""
         rows.append(row)
     table = pd.DataFrame(rows)
     base = table.loc[table["method"] == "plain", "ms_per_token"]

@@ -22,9 +22,15 @@ from torch import Tensor
 from avlens.batch import AVBatch
 from avlens.model.components import KVCache
 
-__all__ = ["AVPrompt", "Branch", "MethodRun", "Method", "Plain", "DecodeOutput", "decode", "KEEP"]
+__all__ = ["AVPrompt", "Branch", "MethodRun", "Method", "Plain", "DecodeOutput", "decode", "KEEP", "NotApplicable"]
 
 KEEP = object()  # "keep this prompt's media" in AVPrompt.build
+
+
+class NotApplicable(Exception):
+    """The method cannot run on this model at all (e.g. MAD on a model whose vocabulary lacks its
+    self-assessment answers). Not a ValueError: `compare_methods` reports the whole method as not
+    applicable instead of falling back to plain decoding sample by sample."""
 
 
 @dataclass
