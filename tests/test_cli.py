@@ -23,6 +23,7 @@ SECTIONS = {
     "attention": "Attention in a window",
     "flow": "Attention between token groups",
     "hubs": "Cross-modal sinks",
+    "hallucination": "Hallucination mitigation",
     "model-card": "Model card",
     "hooks": "Hook points",
 }
@@ -68,6 +69,8 @@ def test_demo_report_has_every_section(demo_page):
     assert "CircuitsVis.render(" in demo_page and "CircuitsVis.AttentionPatterns" in demo_page
     assert demo_page.count("Plotly.newPlot(") == 3  # attention heatmap, group flow, sink map
     assert "blocks.{l}.hook_resid_post" in demo_page
+    section = demo_page[demo_page.index("<section id='hallucination'>"):demo_page.index("<section id='model-card'>")]
+    assert all(f"<td>{m}</td>" in section for m in ("plain", "vcd", "avcd")), section[:2000]
     assert ("class='banner'" in demo_page) == (not toy_available())  # a random model says so
     if toy_available():  # the model card's evaluation table (from the checkpoint's avlens_toy.json)
         assert "presence_other_modality" in demo_page and "audio only (frames zeroed)" in demo_page
