@@ -143,6 +143,62 @@ def test_path_patching_equals_brute_force(deep, sender, receiver):
     assert not registered(m4) and cfg.use_split_qkv_input is False
 
 
+@pytest.mark.parametrize("sender,receiver", [((0, "mlp"), "k"), ((0, 1), "q")])
+def test_path_patching_equals_the_two_pass_freeze_everything_definition(deep, sender, receiver):
+    """The textbook definition, without the additive shortcut: pass 1 runs the corrupted input with
+    the sender's output set to its clean value and every other attention and MLP output frozen at
+    its corrupted value, caching the receiver head's input; pass 2 runs the corrupted input with
+    only that receiver input replaced."""
+    m4, clean, corrupted = deep
+    metric = answer_prob()
+    res = patching.path_patch(m4, clean, corrupted, metric, sender, receiver)
+    cfg = m4.cfg
+    l_s, what = sender
+    outs = [f"blocks.{l}.hook_attn_out" for l in range(cfg.n_layers)] + [f"blocks.{l}.hook_mlp_out" for l in range(cfg.n_layers)]
+    z_name = f"blocks.{l_s}.attn.hook_z"
+    _, cc = m4.run_with_cache(clean, names_filter=outs + [z_name])
+    _, rc = m4.run_with_cache(corrupted, names_filter=outs + [z_name])
+    sender_out = f"blocks.{l_s}.hook_mlp_out" if what == "mlp" else f"blocks.{l_s}.hook_attn_out"
+
+    def freeze(x, hook):
+        return rc[hook.name]
+
+    def to_clean(x, hook):
+        return cc[hook.name]
+
+    def head_to_clean(z, hook):
+        z = z.clone()
+        z[:, :, what] = cc[hook.name][:, :, what]
+        return z
+
+    heads = cfg.n_heads if receiver == "q" else cfg.n_key_value_heads
+    ref = []
+    cfg.use_split_qkv_input = True
+    try:
+        for l in res.coords["layer"]:
+            recv = f"blocks.{l}.hook_{receiver}_input"
+            hooks = [(n, freeze) for n in outs if n != sender_out]
+            hooks.append((sender_out, to_clean) if what == "mlp" else (z_name, head_to_clean))
+            store = {}
+
+            def keep(x, hook):
+                store["x"] = x.detach().clone()
+                return x
+
+            m4.run_with_hooks(corrupted, fwd_hooks=hooks + [(recv, keep)])
+            for h in range(heads):
+                def put(x, hook, h=h):
+                    x = x.clone()
+                    x[:, :, h] = store["x"][:, :, h]
+                    return x
+
+                ref.append(run_metric(m4, corrupted, metric, [(recv, put)]))
+    finally:
+        cfg.use_split_qkv_input = False
+    torch.testing.assert_close(res.per_sample.reshape(-1, 2), torch.stack(ref), atol=TOL, rtol=0)
+    assert not registered(m4)
+
+
 # --------------------------------------------------------------------------------- attribution
 
 
