@@ -55,7 +55,7 @@ class Comparison:
     def markdown(self, digits: int = 3) -> str:
         t = self.table
         cols = ["method", "n_not_applied", "accuracy", "f1", "yes_ratio", "false_yes_rate", "chair_i", "chair_s", "recall",
-                "ms_per_token", "latency_ratio", "setup_ms"]
+                "ms_per_token", "latency_ratio", "step_ms", "step_ratio", "setup_ms"]
         head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
         rows = []
         for _, r in t.iterrows():
@@ -68,7 +68,7 @@ class Comparison:
                 if c in ("accuracy", "yes_ratio", "false_yes_rate", "chair_i", "chair_s"):
                     cells.append(f"{v:.{digits}f} [{r[c + '_lo']:.{digits}f}, {r[c + '_hi']:.{digits}f}]")
                 elif isinstance(v, float):
-                    cells.append(f"{v:.{digits if c != 'ms_per_token' else 2}f}")
+                    cells.append(f"{v:.{digits if c not in ('ms_per_token', 'step_ms') else 2}f}")
                 else:
                     cells.append(str(v))
             rows.append("| " + " | ".join(cells) + " |")
@@ -112,7 +112,7 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
     preds: dict[str, list[dict]] = {}
     rows = []
     for name, method in methods.items():
-        out_recs, secs, setup, n_tok = [], 0.0, 0.0, 0
+        out_recs, secs, setup, n_tok, step_secs, n_steps = [], 0.0, 0.0, 0, 0.0, 0
         it = items
         if progress:
             from tqdm.auto import tqdm
@@ -134,6 +134,7 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             toks = [t for t in o.tokens[0].tolist() if t != eos]
             text = model.tokenizer.decode(toks).strip()
             secs, setup, n_tok = secs + o.seconds, setup + o.setup_seconds, n_tok + o.tokens.shape[1]
+            step_secs, n_steps = step_secs + (o.seconds - o.prefill_seconds), n_steps + o.n_steps
             out_recs.append({**r, "kind": kind, "pred": text, "seconds": o.seconds, "n_tokens": int(o.tokens.shape[1]),
                              "applied": applied})
         if not_applicable:
@@ -141,7 +142,7 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             row = {"method": name, "n_yes_no": 0, "n_captions": 0, "n_not_applied": len(items), "not_applicable": not_applicable}
             for k in ("accuracy", "yes_ratio", "false_yes_rate", "chair_s", "chair_i"):
                 row[k] = row[k + "_lo"] = row[k + "_hi"] = nan
-            row.update(f1=nan, overall_mad=nan, recall=nan, ms_per_token=nan, setup_ms=nan)
+            row.update(f1=nan, overall_mad=nan, recall=nan, ms_per_token=nan, step_ms=nan, setup_ms=nan)
             rows.append(row)
             preds[name] = []
             continue
@@ -175,10 +176,14 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
                 row[k] = row[k + "_lo"] = row[k + "_hi"] = float("nan")
             row["recall"] = float("nan")
         row["ms_per_token"] = 1000 * secs / max(n_tok, 1)
+        # a decode step on the KV caches (every branch), the prefill excluded: the speed path
+        row["step_ms"] = 1000 * step_secs / n_steps if n_steps else float("nan")
         row["setup_ms"] = 1000 * setup / max(len(out_recs), 1)
         row["not_applicable"] = ""
         rows.append(row)
     table = pd.DataFrame(rows)
     base = table.loc[table["method"] == "plain", "ms_per_token"]
     table["latency_ratio"] = table["ms_per_token"] / float(base.iloc[0]) if len(base) else float("nan")
+    base_step = table.loc[table["method"] == "plain", "step_ms"]
+    table["step_ratio"] = table["step_ms"] / float(base_step.iloc[0]) if len(base_step) else float("nan")
     return Comparison(table, preds, skipped)

@@ -102,7 +102,8 @@ class Plain(Method):
 class DecodeOutput:
     """tokens `[b, n]`; scores `[b, n, vocab]` the combined scores each token was chosen from;
     seconds: wall time of the decoding loop (prefill + steps of every branch); setup_seconds: the
-    method's preparation (sink detection, self-assessment, ...); n_branches."""
+    method's preparation (sink detection, self-assessment, ...); n_branches; prefill_seconds: the
+    prefill share of `seconds`; n_steps: decode steps run on the KV caches (tokens after the first)."""
 
     tokens: Tensor
     scores: Tensor
@@ -110,6 +111,8 @@ class DecodeOutput:
     setup_seconds: float
     n_branches: int
     run: Any = field(default=None, repr=False)
+    prefill_seconds: float = 0.0
+    n_steps: int = 0
 
 
 def _batch_of(model, prompt) -> tuple[Optional[AVPrompt], AVBatch]:
@@ -152,6 +155,8 @@ def decode(model, prompt: Union[AVPrompt, AVBatch], method: Optional[Method] = N
                 logits.append(model.forward(br.batch, kv_cache=cache)[:, -1])
             caches.append(cache)
             layouts.append(br.batch.layout)
+        prefill = time.perf_counter() - t0
+        n_steps = 0
         tokens, scores = [], []
         finished = torch.zeros(batch.batch_size, dtype=torch.bool, device=dev)
         for step in range(max_new_tokens):
@@ -170,7 +175,8 @@ def decode(model, prompt: Union[AVPrompt, AVBatch], method: Optional[Method] = N
                     deltas = torch.zeros(br.batch.batch_size, 1, dtype=torch.long, device=dev)
                 with model.hooks(fwd_hooks=list(br.hooks)):
                     logits[i] = model._decode_step(nxt, caches[i], layouts[i], deltas, br.batch.position_ids.ndim)
+            n_steps += 1
     finally:
         model.run_state.generating = False
     secs = time.perf_counter() - t0
-    return DecodeOutput(torch.stack(tokens, 1), torch.stack(scores, 1), secs, setup, len(run.branches), run)
+    return DecodeOutput(torch.stack(tokens, 1), torch.stack(scores, 1), secs, setup, len(run.branches), run, prefill, n_steps)
