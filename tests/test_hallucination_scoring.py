@@ -23,42 +23,69 @@ def test_avcd_rule_is_a_raw_substring_test():
     assert avcd_correct("yes and no", "yes") and avcd_correct("yes and no", "no")
     assert not avcd_correct("Absolutely.", "yes")      # neither yes nor no
     assert not avcd_correct("Nope, yes", "maybe")
+    # eval_acc.py strips the label (and the prediction) before the substring test
+    assert avcd_correct("yes", " Yes\n") and avcd_correct("  No.  ", "no ")
 
 
-def test_mad_regex_word_boundaries_bind_to_the_ends_only():
-    assert parse_yes_no("That is untrue.", "mad") == "yes"      # "true" without a boundary
-    assert parse_yes_no("Incorrect.", "mad") == "yes"           # "correct" inside "incorrect"
-    assert parse_yes_no("Nothing is there", "mad") == "no"      # "\\bno" prefix
+def test_mad_parser_follows_score_py():
+    """MAD VideoLLaMA2/score.py: normalize_answer(extract_answer(pred)), each case traced through
+    the script: word-bounded yes patterns first, then no patterns, then the first-word fallback."""
+    assert parse_yes_no("Incorrect.", "mad") == "no"            # \bcorrect\b does not match inside "incorrect"
+    assert parse_yes_no("No, that is correct", "mad") == "yes"  # yes patterns are tried first
     assert parse_yes_no("False", "mad") == "no"
-    assert parse_yes_no("Maybe, hard to say", "mad") == "maybe"  # normalised first word
-    assert parse_yes_no("", "mad") == ""
-    assert parse_yes_no("yesterday it rained", "mad") == "yes"  # "\\byes" prefix
+    assert parse_yes_no("It is negative", "mad") == "no"
+    assert parse_yes_no("Affirmative!", "mad") == "yes"
+    # fallback: normalize_answer(first word): one trailing punctuation mark removed, then the lists
+    assert parse_yes_no("Y.", "mad") == "yes" and parse_yes_no("n", "mad") == "no"
+    assert parse_yes_no("1.", "mad") == "yes" and parse_yes_no("0", "mad") == "no"
+    assert parse_yes_no("Y..", "mad") == "yes"                  # "y." then normalised again in calculate_accuracy
+    # ... then the substring rule
+    assert parse_yes_no("Unknown.", "mad") == "no"              # "unknown" contains "no"
+    assert parse_yes_no("Nothing is there", "mad") == "no"
+    assert parse_yes_no("yesterday it rained", "mad") == "yes"
+    assert parse_yes_no("That is untrue.", "mad") == "that"     # \btrue\b misses "untrue": the first word
+    assert parse_yes_no("Maybe, hard to say", "mad") == "maybe"
+    assert parse_yes_no("", "mad") == "" and parse_yes_no("   ", "mad") == ""
 
 
-def test_avhbench_mad_parser_drops_errors_and_duplicates(tmp_path):
+def test_avhbench_mad_parser_drops_duplicates_then_errors(tmp_path):
     recs = [
         rec("v1", AV, "Is a dog visible?", "yes", "Yes."),
         rec("v1", AV, "Is a dog visible?", "yes", "No."),            # duplicate: dropped (first kept)
         rec("v2", AV, "Is a cat visible?", "no", "ERROR: timeout"),  # dropped
-        rec("v2", AV, "Is a car visible?", "no", "Incorrect, none"),  # parses yes (quirk): wrong
+        rec("v2", AV, "Is a car visible?", "no", "No, that is correct"),  # parses yes: wrong
         rec("v3", VA, "Is there a dog sound?", "no", "no"),
-        rec("v3", VA, "Is there a cat sound?", "yes", "Hmm"),       # unparseable "hmm": wrong
+        rec("v3", VA, "Is there a cat sound?", "yes", "Hmm"),       # "hmm": wrong, unparsed
+        rec("v3", VA, "Is there a car sound?", "No", "Not sure"),   # first word "not" -> no: right
+        rec("v6", VA, "Is there a bird sound?", "yes", "ERROR: x"),
+        rec("v6", VA, "Is there a bird sound?", "yes", "Yes"),      # duplicate of an ERROR row: both go
         rec("v4", M, "Do they match?", "yes", "true"),
         rec("v5", "AV Captioning", "Describe.", "a dog barks", "a dog"),  # not yes/no: ignored
     ]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in recs))
     s = score_avhbench(str(path), parser="mad")
-    assert s["dropped"] == {"error": 1, "duplicate": 1}
+    assert s["dropped"] == {"error": 2, "duplicate": 2}
     av, va = s["per_task"][AV], s["per_task"][VA]
     # AV: (yes,yes) correct, (no, parsed yes) wrong -> acc 1/2; preds yes twice, 1 TP -> P 1/2, R 1/1
     assert av["n"] == 2 and av["accuracy"] == 0.5 and av["precision"] == 0.5 and av["recall"] == 1.0
     assert av["f1"] == pytest.approx(2 * 0.5 * 1 / 1.5) and av["yes_ratio"] == 1.0
-    # VA: (no,no) correct, (yes,"hmm") wrong -> acc 1/2, no yes predictions -> P 0, R 0, 1 unparsed
-    assert va["accuracy"] == 0.5 and va["precision"] == 0.0 and va["recall"] == 0.0 and va["unparsed"] == 1
+    # VA: no/no right, yes/"hmm" wrong, no/no right -> 2/3; no yes predictions -> P 0, R 0; 1 unparsed
+    assert va["n"] == 3 and va["accuracy"] == pytest.approx(2 / 3)
+    assert va["precision"] == 0.0 and va["recall"] == 0.0 and va["unparsed"] == 1
     assert s["per_task"][M]["accuracy"] == 1.0
-    assert s["overall_mad"] == 0.5                  # mean of the two hallucination tasks
-    assert s["pooled"]["n"] == 5 and s["pooled"]["accuracy"] == pytest.approx(3 / 5)
+    assert s["overall_mad"] == pytest.approx((1 / 2 + 2 / 3) / 2)   # unweighted mean of the two tasks
+    assert s["overall_script"] == pytest.approx(3 / 5)               # pooled over AV + VA, Matching left out
+    assert s["pooled"]["n"] == 6 and s["pooled"]["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_mad_overall_script_truncates_each_task_count_like_the_script():
+    # score.py stores correct_predictions = int(accuracy * n): 15/22*22 = 14.999... -> 14
+    recs = [rec("a", AV, f"q{i}", "yes", "yes" if i < 15 else "no") for i in range(22)]
+    recs += [rec("b", VA, "q", "no", "no")]
+    s = score_avhbench(recs, parser="mad")
+    assert s["per_task"][AV]["accuracy"] == pytest.approx(15 / 22)
+    assert s["overall_script"] == pytest.approx((14 + 1) / 23)
 
 
 def test_avhbench_avcd_parser_keeps_duplicates_and_uses_substrings():

@@ -7,14 +7,21 @@
 
 * **AVHBench** (`{"video_id", "task", "text", "label"}`; tasks `AVH_TASKS`) has no official scorer.
   Two published ones are offered:
-  - ``parser="avcd"``, AVCD's ``eval_acc.py``: a prediction is correct iff its lower-cased text
-    contains "yes" or "no" *and* contains the lower-cased label, a raw substring test (so
-    "i don't know" contains "no", and "yes and no" is right whatever the label);
-  - ``parser="mad"``, MAD's ``score.py``: ``re.search(r"\\byes|true|correct|affirmative\\b")`` -> yes,
-    else ``r"\\bno|false|incorrect|negative\\b"`` -> no, else the normalised first word. The word
-    boundaries bind only to the first and last alternatives, so "untrue" and "incorrect" parse as
-    *yes* and "nothing" as *no*: reproduced, not fixed. Predictions starting ``ERROR:`` are dropped,
-    then duplicate (video_id, question) pairs (the first kept).
+  - ``parser="avcd"``, AVCD's ``eval_acc.py``: label and prediction stripped and lower-cased; a
+    prediction is correct iff it contains "yes" or "no" *and* contains the label, a raw substring
+    test (so "i don't know" contains "no", and "yes and no" is right whatever the label);
+  - ``parser="mad"``, MAD's ``VideoLLaMA2/score.py``: ``extract_answer`` tries the word-bounded
+    patterns ``\\byes\\b``, ``\\btrue\\b``, ``\\bcorrect\\b``, ``\\baffirmative\\b`` (-> yes), then
+    ``\\bno\\b``, ``\\bfalse\\b``, ``\\bincorrect\\b``, ``\\bnegative\\b`` (-> no), in that order, on
+    the lower-cased prediction; when none matches, ``normalize_answer`` of the first word (lower,
+    strip, one trailing punctuation character removed; y/true/1/correct -> yes, n/false/0/incorrect
+    -> no; else "yes" as a substring -> yes, else "no" as a substring -> no; else the word). The
+    scored answer is ``normalize_answer(extract_answer(pred))`` against ``normalize_answer(label)``.
+    So "Incorrect." -> no, "No, that's correct" -> yes (yes patterns first), "Unknown." -> no and
+    "Yesterday" -> yes (substring fallback), "Y." -> yes, "untrue" -> its first word. Duplicate
+    (video_id, question) pairs are dropped first (the first kept), then predictions starting
+    ``ERROR:``. ``overall_script`` is the script's printed overall: pooled over every task but
+    "AV Captioning" / "AV Matching", each task's correct count taken as ``int(accuracy * n)``.
   Per task: accuracy, precision, recall, F1 (positive class "yes") and yes-ratio; the overall as the
   MAD paper reports it (unweighted mean of the two hallucination tasks' accuracies) and pooled.
 * **CMM** (``evaluation/calculate_score.py``): lower-case and strip; correct iff ``answer in
@@ -45,6 +52,9 @@ __all__ = [
     "CAPTION_PROMPT",
     "parse_yes_no",
     "avcd_correct",
+    "judge_avhbench",
+    "mad_extract_answer",
+    "mad_normalize_answer",
     "score_avhbench",
     "score_cmm",
     "ObjectVocabulary",
@@ -61,8 +71,11 @@ AVH_YES_NO_TASKS = AVH_TASKS[:3]
 CAPTION_PROMPT = "Describe what you see and hear in a single sentence."
 PARSERS = ("avcd", "mad")
 
-_MAD_YES = re.compile(r"\byes|true|correct|affirmative\b")
-_MAD_NO = re.compile(r"\bno|false|incorrect|negative\b")
+# MAD VideoLLaMA2/score.py, extract_answer: tried one by one, yes patterns first
+_MAD_YES_PATTERNS = (r"\byes\b", r"\btrue\b", r"\bcorrect\b", r"\baffirmative\b")
+_MAD_NO_PATTERNS = (r"\bno\b", r"\bfalse\b", r"\bincorrect\b", r"\bnegative\b")
+# tasks MAD's print_detailed_results leaves out of its printed overall
+_MAD_OVERALL_EXCLUDED = ("AV Captioning", "AV Matching")
 
 
 def read_records(path_or_records) -> list[dict]:
@@ -79,29 +92,103 @@ def read_records(path_or_records) -> list[dict]:
     return [dict(r) for r in path_or_records]
 
 
+def mad_normalize_answer(answer: str) -> str:
+    """MAD ``score.py`` ``normalize_answer``, line for line."""
+    answer = answer.lower().strip()
+    answer = re.sub(r"[^\w\s]$", "", answer)
+    if answer in ["yes", "y", "true", "1", "correct"]:
+        return "yes"
+    elif answer in ["no", "n", "false", "0", "incorrect"]:
+        return "no"
+    if "yes" in answer:
+        return "yes"
+    elif "no" in answer:
+        return "no"
+    return answer
+
+
+def mad_extract_answer(prediction: str) -> str:
+    """MAD ``score.py`` ``extract_answer``, line for line."""
+    prediction = prediction.strip()
+    prediction_lower = prediction.lower()
+    for pattern in _MAD_YES_PATTERNS:
+        if re.search(pattern, prediction_lower):
+            return "yes"
+    for pattern in _MAD_NO_PATTERNS:
+        if re.search(pattern, prediction_lower):
+            return "no"
+    words = prediction.split()
+    if words:
+        return mad_normalize_answer(words[0])
+    return prediction.lower().strip()
+
+
 def parse_yes_no(pred: str, parser: str = "mad") -> Optional[str]:
-    """The answer a published scorer reads from a prediction: "yes", "no", or (MAD) the normalised
-    first word / (AVCD) None when neither "yes" nor "no" occurs.
+    """The answer a published scorer reads from a prediction: (MAD) ``normalize_answer(
+    extract_answer(pred))`` as MAD's ``calculate_accuracy`` compares it -- "yes", "no" or the
+    normalised first word; (AVCD) "yes" / "no" / None.
 
     AVCD's rule has no parse step (it tests the label as a substring); its parse here, used only for
     precision / recall / yes-ratio, is "yes" if "yes" occurs, else "no" if "no" occurs, else None."""
     if parser not in PARSERS:
         raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
-    p = str(pred).lower()
     if parser == "avcd":
+        p = str(pred).strip().lower()
         return "yes" if "yes" in p else "no" if "no" in p else None
-    if _MAD_YES.search(p):
-        return "yes"
-    if _MAD_NO.search(p):
-        return "no"
-    words = p.strip().split()
-    return re.sub(r"[^\w]", "", words[0]) if words else ""
+    return mad_normalize_answer(mad_extract_answer(str(pred)))
 
 
 def avcd_correct(pred: str, label: str) -> bool:
-    """AVCD's ``eval_acc.py`` rule: contains "yes" or "no", and contains the lower-cased label."""
-    p = str(pred).lower()
-    return ("yes" in p or "no" in p) and str(label).lower() in p
+    """AVCD's ``eval_acc.py`` rule: label and prediction stripped and lower-cased; correct iff the
+    prediction contains "yes" or "no", and contains the label."""
+    answer = str(label).strip().lower()
+    p = str(pred).strip().lower()
+    return ("yes" in p or "no" in p) and answer in p
+
+
+def _mad_filter(recs: list[dict], pred_key: str, question_key: str, dropped: dict) -> list[dict]:
+    """MAD ``score.py`` ``main``: duplicates (video_id, question) dropped first (first kept), then
+    predictions starting ``ERROR:``."""
+    seen, unique = set(), []
+    for r in recs:
+        key = (r["video_id"], r[question_key])
+        if key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        unique.append(r)
+    kept = [r for r in unique if not str(r[pred_key]).startswith("ERROR:")]
+    dropped["error"] += len(unique) - len(kept)
+    return kept
+
+
+def _judge(r: dict, parser: str, pred_key: str) -> tuple[Optional[str], bool]:
+    """(parsed answer, correct) of one record under `parser`'s own rule."""
+    parsed = parse_yes_no(r[pred_key], parser)
+    if parser == "avcd":
+        return parsed, avcd_correct(r[pred_key], r["label"])
+    return parsed, parsed == mad_normalize_answer(str(r["label"]))
+
+
+def judge_avhbench(records, parser: str = "mad", pred_key: str = "pred", question_key: str = "text") -> tuple[list[dict], dict]:
+    """The yes/no records `parser`'s script scores (MAD: duplicates, then ``ERROR:`` rows dropped;
+    AVCD: all), each with ``"parsed"`` and ``"correct"`` under that script's rule, and the
+    ``{"error": k, "duplicate": k}`` counts dropped. `score_avhbench` and `compare_methods` both
+    score from these."""
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
+    recs = read_records(records)
+    missing = [k for k in ("video_id", "task", question_key, "label", pred_key) if recs and k not in recs[0]]
+    if missing:
+        raise KeyError(f"AVHBench records need the keys {missing} (found {sorted(recs[0])}); pass pred_key= / question_key= if yours differ")
+    dropped = {"error": 0, "duplicate": 0}
+    if parser == "mad":
+        recs = _mad_filter(recs, pred_key, question_key, dropped)
+    out = []
+    for r in recs:
+        parsed, correct = _judge(r, parser, pred_key)
+        out.append({**r, "parsed": parsed, "correct": correct})
+    return out, dropped
 
 
 def _binary_metrics(labels: Sequence[str], parsed: Sequence[Optional[str]], correct: Sequence[bool]) -> dict:
@@ -122,48 +209,35 @@ def score_avhbench(records, parser: str = "mad", pred_key: str = "pred", questio
     ``video_id, task, text, label`` and the prediction under `pred_key`).
 
     Returns ``{"per_task": {task: {n, accuracy, precision, recall, f1, yes_ratio, unparsed}},
-    "overall_mad": mean accuracy of the two hallucination tasks, "pooled": metrics over every
-    yes/no record, "dropped": {"error": k, "duplicate": k}}``. AV Captioning records are ignored
-    here (score them with `score_captions`)."""
-    if parser not in PARSERS:
-        raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
-    recs = read_records(records)
-    missing = [k for k in ("video_id", "task", question_key, "label", pred_key) if recs and k not in recs[0]]
-    if missing:
-        raise KeyError(f"AVHBench records need the keys {missing} (found {sorted(recs[0])}); pass pred_key= / question_key= if yours differ")
-    dropped = {"error": 0, "duplicate": 0}
-    if parser == "mad":
-        kept = []
-        seen = set()
-        for r in recs:
-            if str(r[pred_key]).startswith("ERROR:"):
-                dropped["error"] += 1
-                continue
-            key = (r["video_id"], r[question_key])
-            if key in seen:
-                dropped["duplicate"] += 1
-                continue
-            seen.add(key)
-            kept.append(r)
-        recs = kept
-    recs = [r for r in recs if r["task"] in AVH_YES_NO_TASKS]
+    "overall_mad": mean accuracy of the two hallucination tasks, "overall_script": the MAD
+    script's printed overall (sample-weighted over the tasks other than AV Captioning / AV
+    Matching), "pooled": metrics over every yes/no record, "dropped": {"error": k, "duplicate": k}}``.
+    AV Captioning records are left out of per_task and pooled (score them with `score_captions`).
+    `parser` decides the filtering and the correctness rule (see `judge_avhbench`)."""
+    judged, dropped = judge_avhbench(records, parser, pred_key, question_key)
+    # the script's printed overall: every task but AV Captioning / AV Matching, per-task correct
+    # counts as int(accuracy * n) (score.py evaluate_by_task / print_detailed_results)
+    script_tasks: dict[str, list[bool]] = OrderedDict()
+    for r in judged:
+        if r["task"] not in _MAD_OVERALL_EXCLUDED:
+            script_tasks.setdefault(r["task"], []).append(r["correct"])
+    tot_n = sum(len(c) for c in script_tasks.values())
+    tot_c = sum(int((sum(c) / len(c)) * len(c)) for c in script_tasks.values())
+    overall_script = tot_c / tot_n if tot_n > 0 else 0.0
+
+    recs = [r for r in judged if r["task"] in AVH_YES_NO_TASKS]
     by_task: dict[str, list[dict]] = OrderedDict()
     for r in recs:
         by_task.setdefault(r["task"], []).append(r)
 
     def metrics(rs):
-        labels = [str(r["label"]).lower() for r in rs]
-        parsed = [parse_yes_no(r[pred_key], parser) for r in rs]
-        if parser == "avcd":
-            correct = [avcd_correct(r[pred_key], l) for r, l in zip(rs, labels)]
-        else:
-            correct = [q == l for q, l in zip(parsed, labels)]
-        return _binary_metrics(labels, parsed, correct)
+        return _binary_metrics([str(r["label"]).strip().lower() for r in rs], [r["parsed"] for r in rs],
+                               [r["correct"] for r in rs])
 
     per_task = {t: metrics(rs) for t, rs in by_task.items()}
     hall = [per_task[t]["accuracy"] for t in AVH_HALLUCINATION_TASKS if t in per_task]
     return {"parser": parser, "per_task": per_task, "overall_mad": float(np.mean(hall)) if hall else float("nan"),
-            "pooled": metrics(recs) if recs else None, "dropped": dropped}
+            "overall_script": overall_script, "pooled": metrics(recs) if recs else None, "dropped": dropped}
 
 
 def score_cmm(rows, pred_key: str = "pred") -> dict:

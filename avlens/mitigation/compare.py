@@ -4,10 +4,11 @@ bootstrap confidence intervals and the per-token latency relative to plain decod
     from avlens.mitigation import compare_methods, default_methods
     res = compare_methods(model, "toybench", methods=default_methods(toy=True))
     res.table            # pandas DataFrame, one row per method
-    res.save("out/")     # table.csv, table.json, predictions_<method>.jsonl
+    res.save("out/")     # table.csv, table.json, predictions_<method>.jsonl, skipped.json
 
 Every method decodes greedily from the same prompts (`decode`); yes/no probes are scored by the
-AVHBench parsers (`parser`, default MAD's), captions by CHAIR. Where a method has nothing to edit
+AVHBench parsers (`parser`, default MAD's): accuracy, yes-ratio and F1 all from the records and the
+correctness rule of that parser's script (`judge_avhbench`), captions by CHAIR. Where a method has nothing to edit
 on a sample (it raises ValueError, e.g. no cross-modal sink), that sample is decoded plainly and
 counted in `n_not_applied`. A method that cannot run on the model at all (`NotApplicable`, e.g. MAD
 without the audio / video / both words) gets a row with empty metrics and its reason in
@@ -24,7 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from avlens.analysis.hallucination import (AVH_YES_NO_TASKS, ObjectVocabulary, bootstrap_ci, parse_yes_no, read_records,
+from avlens.analysis.hallucination import (AVH_YES_NO_TASKS, ObjectVocabulary, bootstrap_ci, judge_avhbench, read_records,
                                            score_avhbench, score_captions)
 from avlens.mitigation.decoding import AVPrompt, Method, NotApplicable, Plain, decode
 
@@ -51,6 +52,8 @@ class Comparison:
         for name, recs in self.predictions.items():
             with open(os.path.join(out, f"predictions_{name}.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in recs)
+        with open(os.path.join(out, "skipped.json"), "w") as f:
+            json.dump(self.skipped, f, indent=1)
 
     def markdown(self, digits: int = 3) -> str:
         t = self.table
@@ -151,10 +154,12 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
         cp = [r for r in out_recs if r["kind"] == "caption"]
         s = score_avhbench(yn, parser=parser) if yn else None
         row = {"method": name, "n_yes_no": len(yn), "n_captions": len(cp), "n_not_applied": sum(not r["applied"] for r in out_recs)}
-        parsed = [parse_yes_no(r["pred"], parser) for r in yn]
-        correct = [float(q == r["label"].lower()) for q, r in zip(parsed, yn)]
-        yes = [float(q == "yes") for q in parsed]
-        false_yes = [float(q == "yes") for q, r in zip(parsed, yn) if r["label"].lower() == "no"]
+        # the parser's own records and rule (MAD: duplicates / ERROR: rows dropped, its regex and
+        # normalisation; AVCD: its substring test), the same records the f1 below comes from
+        judged, _ = judge_avhbench(yn, parser=parser) if yn else ([], None)
+        correct = [float(r["correct"]) for r in judged]
+        yes = [float(r["parsed"] == "yes") for r in judged]
+        false_yes = [float(r["parsed"] == "yes") for r in judged if str(r["label"]).strip().lower() == "no"]
         for key, vals in (("accuracy", correct), ("yes_ratio", yes), ("false_yes_rate", false_yes)):
             row[key], row[key + "_lo"], row[key + "_hi"] = bootstrap_ci(vals, n_boot, seed)
         row["f1"] = s["pooled"]["f1"] if s else float("nan")
