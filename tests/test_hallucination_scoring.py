@@ -139,3 +139,63 @@ def test_vocabulary_is_extendable():
     v = ObjectVocabulary({"tram": ["streetcar"]})
     assert v.mentions("Streetcars pass a tram") == ["tram", "tram"]
     assert "dog" in AV_OBJECTS.synonyms and AV_OBJECTS.canonical("kittens") == "cat"
+
+
+def _fake_compare(monkeypatch, tmp_path, answers, missing=()):
+    """compare_methods on a hand-made avhbench.json with decoding faked: the "model" answers each
+    question with `answers[question]`; `media` raises FileNotFoundError for the ids in `missing`."""
+    import types
+
+    import torch
+
+    import avlens.mitigation.compare as cmp
+
+    texts = sorted(set(answers.values()))
+
+    def fake_decode(model, p, method, n_new, eos):
+        return types.SimpleNamespace(tokens=torch.tensor([[texts.index(answers[p.text])]]), seconds=0.01,
+                                     setup_seconds=0.0, prefill_seconds=0.005, n_steps=0)
+
+    monkeypatch.setattr(cmp, "decode", fake_decode)
+    model = types.SimpleNamespace(tokenizer=types.SimpleNamespace(eos_token_id=None, decode=lambda ids: texts[ids[0]]))
+
+    def media(vid):
+        if vid in missing:
+            raise FileNotFoundError(f"videos/{vid}.mp4")
+        return None, None, 2.0
+
+    return lambda recs, parser: (
+        (tmp_path / "avhbench.json").write_text(json.dumps(recs)),
+        (tmp_path / "captions.json").write_text("[]"),
+        cmp.compare_methods(model, str(tmp_path), media=media, prompt=lambda q: q, parser=parser, n_boot=20),
+    )[-1]
+
+
+def test_compare_methods_accuracy_uses_the_parsers_own_rule_and_records(monkeypatch, tmp_path):
+    recs = [rec("v1", AV, "q1", "yes", ""), rec("v1", AV, "q1", "yes", ""),   # duplicate question
+            rec("v2", AV, "q2", "no", ""), rec("v3", VA, "q3", "no", "")]
+    answers = {"q1": "Yes", "q2": "I don't know", "q3": "Incorrect."}
+    run = _fake_compare(monkeypatch, tmp_path, answers)
+    # AVCD: all 4 kept; q1 right twice, q2 right ("know" contains "no"), q3 wrong ("incorrect." holds
+    # neither "yes" nor "no") -> 3/4; parsed yes on q1 twice -> yes-ratio 2/4
+    t = run(recs, "avcd").table.iloc[0]
+    assert t["n_yes_no"] == 4 and t["accuracy"] == pytest.approx(3 / 4) and t["yes_ratio"] == pytest.approx(1 / 2)
+    s = score_avhbench([{**r, "pred": answers[r["text"]]} for r in recs], parser="avcd")
+    assert t["f1"] == pytest.approx(s["pooled"]["f1"]) and s["pooled"]["accuracy"] == pytest.approx(3 / 4)
+    # MAD: the duplicate dropped; q1 yes right, q2 first word "i" wrong, q3 "incorrect" -> no right -> 2/3
+    t = run(recs, "mad").table.iloc[0]
+    assert t["accuracy"] == pytest.approx(2 / 3) and t["yes_ratio"] == pytest.approx(1 / 3)
+    s = score_avhbench([{**r, "pred": answers[r["text"]]} for r in recs], parser="mad")
+    assert t["f1"] == pytest.approx(s["pooled"]["f1"]) and s["pooled"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_compare_methods_skips_and_records_missing_media(monkeypatch, tmp_path):
+    recs = [rec("v1", AV, "q1", "yes", ""), rec("gone", AV, "q2", "no", ""), rec("v3", VA, "q3", "no", "")]
+    run = _fake_compare(monkeypatch, tmp_path, {"q1": "yes", "q2": "no", "q3": "no"}, missing=("gone",))
+    res = run(recs, "mad")
+    assert [r["video_id"] for r in res.skipped] == ["gone"] and "FileNotFoundError" in res.skipped[0]["reason"]
+    assert res.table.iloc[0]["n_yes_no"] == 2 and res.table.iloc[0]["accuracy"] == 1.0
+    assert [r["video_id"] for r in res.predictions["plain"]] == ["v1", "v3"]
+    out = tmp_path / "out"
+    res.save(str(out))
+    assert json.loads((out / "skipped.json").read_text()) == res.skipped
