@@ -18,16 +18,6 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def hf(hf_thinker):
-    return hf_thinker(VARIANT)
-
-
-@pytest.fixture(scope="module")
-def model(hooked_model):
-    return hooked_model(VARIANT)
-
-
-@pytest.fixture(scope="module")
 def aiv(hf, model):
     return audio_in_video_pair(model, hf.config, "audio")
 
