@@ -10,13 +10,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.avlens-installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench docs tutorials clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
+
+DOCS_STAMP := $(VENV)/.avlens-docs-installed
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,docs]"
+	@touch $(DOCS_STAMP)
 
 install: $(STAMP)
 
@@ -26,8 +32,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# the docs site (Sphinx, furo, myst-nb) with warnings as errors: docs/_build/html/index.html
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# regenerate the exercise and solution notebooks from tutorials/src/*.py
+tutorials: $(STAMP)
+	$(PY) -m tutorials.build
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_forward.py
 
 clean:
-	rm -rf $(VENV) *.egg-info avlens-report
+	rm -rf $(VENV) *.egg-info avlens-report docs/_build
