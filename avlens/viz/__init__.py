@@ -5,6 +5,13 @@
     report.add_section("Token layout", layout_strip_html(batch.layout))
     report.write("my-report")                      # my-report/index.html, works offline
 
+Views that scale to long sequences (`avlens.viz.views`, `avlens.viz.media_views`): each is a `View`
+with `_repr_html_` (a notebook shows it), `.save(path)` and `Report.add_view(view)`:
+
+    group_flow_view(model.attention_group_summary(batch))       # layer x head grid of G x G mass
+    attention_drilldown(model, batch, layer=2, window=(40, 90)) # circuitsvis over a window only
+    token_strip(batch.layout, values)                           # O(n) strip coloured by a value
+
 `avlens demo` builds its report with these; later tools add their own sections the same way.
 """
 
@@ -18,8 +25,26 @@ from avlens.viz.groups import (
     legend_html,
 )
 from avlens.viz.report import Report, Section, json_for_script, script_safe, table_from_markdown, table_html
+from avlens.viz.views import (
+    AttentionDrilldownView,
+    GroupFlowView,
+    TokenStripView,
+    View,
+    attention_drilldown,
+    attention_drilldown_from_pattern,
+    group_flow_view,
+    token_strip,
+)
 
 __all__ = [
+    "View",
+    "GroupFlowView",
+    "AttentionDrilldownView",
+    "TokenStripView",
+    "group_flow_view",
+    "attention_drilldown",
+    "attention_drilldown_from_pattern",
+    "token_strip",
     "Report",
     "Section",
     "attention_heatmap",

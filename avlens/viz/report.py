@@ -5,6 +5,7 @@ attention views, with plotly.js and the circuitsvis bundle each inlined once per
     report.add_section("Token layout", layout_strip_html(batch.layout))
     report.add_plotly(fig)                             # appended to the last section
     report.add_attention(tokens, pattern)              # circuitsvis AttentionPatterns, [head, q, k]
+    report.add_view(group_flow_view(summary))          # any avlens.viz View
     report.write("avlens-report")                      # -> avlens-report/index.html
 
 The page fetches nothing when opened (no CDN, no fonts, no source maps), so it works offline and
@@ -110,6 +111,19 @@ def circuitsvis_bundle() -> str:
     return (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8")
 
 
+#: the libraries a page may inline, in the order they go into <head>
+BUNDLES = {"plotly": plotly_bundle, "circuitsvis": circuitsvis_bundle}
+
+
+def bundle_scripts(names) -> str:
+    """Inline `<script>` tags for some bundles (`"plotly"`, `"circuitsvis"`), each once, in a fixed
+    order, without source-map comments (the page must fetch nothing)."""
+    unknown = set(names) - set(BUNDLES)
+    if unknown:
+        raise ValueError(f"unknown bundles {sorted(unknown)}; known: {sorted(BUNDLES)}")
+    return "".join(f"<script>{script_safe(_SOURCE_MAP.sub('', BUNDLES[n]()))}</script>" for n in BUNDLES if n in set(names))
+
+
 @dataclass
 class Section:
     """One titled section of a report: `parts` are HTML fragments, in order."""
@@ -180,6 +194,17 @@ class Report:
             f"<script>(function(){{var f={fig_json};Plotly.newPlot('{div}',f.data,f.layout,{cfg});}})();</script>"
         )
 
+    def add_view(self, view, title: Optional[str] = None) -> None:
+        """Append an `avlens.viz.View` (group flow, drill-down, token strip, spectrogram, frame
+        strip) to the last section, or to a new section `title`. The bundles the view needs are
+        inlined once in the page's head, however many views need them."""
+        if not (hasattr(view, "html") and hasattr(view, "requires")):
+            raise TypeError(f"add_view takes an avlens.viz.View; got {type(view).__name__} (use add_html for HTML strings)")
+        if title is not None or not self.sections:
+            self.add_section(title if title is not None else getattr(view, "title", "View"))
+        self._uses |= set(view.requires)
+        self._current().parts.append(view.html())
+
     def add_attention(self, tokens: Sequence[str], pattern, head_names: Optional[Sequence[str]] = None,
                       caption: Optional[str] = None, decimals: int = 4) -> None:
         """Append a circuitsvis `AttentionPatterns` view: `pattern` is `[head, query, key]` over the
@@ -210,10 +235,7 @@ class Report:
             f"<title>{html.escape(self.title)}</title><style>{PAGE_CSS}</style>",
         ]
         # the bundles go first, once each, so every view's script below can call them
-        if "plotly" in self._uses:
-            head.append(f"<script>{script_safe(_SOURCE_MAP.sub('', plotly_bundle()))}</script>")
-        if "circuitsvis" in self._uses:
-            head.append(f"<script>{script_safe(_SOURCE_MAP.sub('', circuitsvis_bundle()))}</script>")
+        head.append(bundle_scripts(self._uses))
         head.append("</head><body>")
         body = [f"<h1>{html.escape(self.title)}</h1>"]
         if self.banner:
