@@ -587,6 +587,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_hal.add_argument("--seed", type=int, default=2000)
     p_hal.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
     p_hal.add_argument("--parser", default="mad", choices=("mad", "avcd"))
+    p_hal.add_argument("--bench-dir", default=None,
+                       help="run on a real AVHBench-format folder (questions json, videos/{id}.mp4, audios/{id}.wav) "
+                            "instead of writing the toy benchmark; --n-clips / --seed are then unused")
+    p_hal.add_argument("--questions", default=None, help="the questions file in --bench-dir (default: avhbench.json, else QA.json)")
+    p_hal.add_argument("--captions", default=None,
+                       help="a caption set ({video_id, prompt, objects}) for CHAIR scoring with --bench-dir "
+                            "(default: BENCH_DIR/captions.json if present, else captions are not run)")
+    p_hal.add_argument("--max-items", type=_positive, default=None, help="only the first N questions (a quick look)")
+    p_hal.add_argument("--fps", type=float, default=2.0, help="video frames per second read from --bench-dir (default 2)")
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "train-toy":
@@ -601,26 +610,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.command == "hub-study":
         hub_study(args.out, args.n_clips, args.seed, args.definition, args.eps, args.min_audio_chunks, args.answer_steps)
     elif args.command == "hallucination":
-        hallucination(args.out, args.n_clips, args.seed, args.methods, args.parser)
+        if args.bench_dir is None and (args.questions or args.captions):
+            p_hal.error("--questions / --captions name files in a real benchmark folder: give --bench-dir too")
+        if not args.fps > 0:
+            p_hal.error(f"--fps must be positive, got {args.fps}")
+        hallucination(args.out, args.n_clips, args.seed, args.methods, args.parser, args.bench_dir, args.questions,
+                      args.captions, args.max_items, args.fps)
     return 0
 
 
-def hallucination(out: str, n_clips: int, seed: int, methods: Optional[str], parser: str) -> None:
-    """Write the toy hallucination benchmark, run every method on it, print and save the table."""
-    from avlens.data.halluc_bench import write_toy_benchmark
+def hallucination(out: str, n_clips: int, seed: int, methods: Optional[str], parser: str, bench_dir: Optional[str] = None,
+                  questions: Optional[str] = None, captions: Optional[str] = None, max_items: Optional[int] = None,
+                  fps: float = 2.0) -> None:
+    """Run the methods on the toy hallucination benchmark (written to OUT/bench) or, with
+    `bench_dir`, on a real AVHBench-format folder (`avlens.data.halluc_bench.evaluate_folder`:
+    skipped samples and audio fallbacks are recorded); print and save the table."""
+    from avlens.data.halluc_bench import (FileMedia, evaluate_folder, read_avhbench_folder, read_caption_set,
+                                         write_toy_benchmark)
     from avlens.mitigation import compare_methods, default_methods
     from avlens.toy import load_toy
 
-    model = load_toy()
     all_methods = default_methods(toy=True)
     names = list(all_methods) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in names if m not in all_methods]
     if bad:
         raise SystemExit(f"unknown methods {bad}; choose from {list(all_methods)}")
-    bench = str(Path(out) / "bench")
-    write_toy_benchmark(bench, n_clips=n_clips, seed=seed)
-    res = compare_methods(model, bench, {m: all_methods[m] for m in names}, parser=parser, progress=True)
-    res.save(out)
+    model = load_toy()
+    chosen = {m: all_methods[m] for m in names}
+    if bench_dir is None:
+        bench = str(Path(out) / "bench")
+        write_toy_benchmark(bench, n_clips=n_clips, seed=seed)
+        res = compare_methods(model, bench, chosen, parser=parser, max_items=max_items, progress=True)
+        res.save(out)
+    else:
+        try:  # the folder's files are checked before any decoding
+            read_avhbench_folder(bench_dir, questions)
+            read_caption_set(bench_dir, captions)
+            media = FileMedia(bench_dir, fps=fps)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"avlens hallucination --bench-dir {bench_dir}: {e}") from e
+        res = evaluate_folder(model, bench_dir, chosen, questions=questions, captions=captions, out=out, media=media,
+                              parser=parser, fps=fps, max_items=max_items, progress=True)
+        fallbacks = [v for v in media.log.values() if v.get("note")]
+        print(f"{len(media.log)} videos read from {bench_dir}: {len(res.skipped)} skipped, {len(fallbacks)} with the "
+              f"audio taken from the video's own track (media.json, skipped.json in {out})")
+        for v in fallbacks:
+            print(f"  audio fallback {v['video_id']}: {v['note']}")
+        for s in res.skipped:
+            print(f"  skipped {s['video_id']}: {s['reason']}")
     (Path(out) / "table.md").write_text(res.markdown() + "\n")
     print(res.markdown())
 

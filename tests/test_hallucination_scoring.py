@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from avlens.analysis.hallucination import (AV_OBJECTS, ObjectVocabulary, avcd_correct, parse_yes_no, score_avhbench,
-                                           score_captions, score_cmm)
+from avlens.analysis.hallucination import (AV_OBJECTS, ObjectVocabulary, avcd_correct, cmm_report, parse_yes_no,
+                                           score_avhbench, score_captions, score_cmm)
 
 AV = "Audio-driven Video Hallucination"
 VA = "Video-driven Audio Hallucination"
@@ -109,18 +109,110 @@ def test_avhbench_names_missing_keys():
         score_avhbench([{"video_id": 1, "task": AV, "text": "q", "label": "yes", "prediction": "yes"}])
 
 
-def test_cmm_first_five_characters_rule():
-    rows = [
-        {"category": "c", "sub_category": "s1", "granularity": "object", "question": "q", "answer": "yes", "pred": " Yes, a dog."},
-        {"category": "c", "sub_category": "s1", "granularity": "object", "question": "q", "answer": "no", "pred": "There is no dog"},  # 'no' not in first 5
-        {"category": "c", "sub_category": "s2", "granularity": "event", "question": "q", "answer": "no", "pred": "Nope"},  # 'no' in 'nope'
-        {"category": "c", "sub_category": "s2", "granularity": "event", "question": "q", "answer": "yes", "pred": "I think yes"},  # too late
+def cmm(sub, gran, answer, pred):
+    return {"category": "c", "sub_category": sub, "modality": "visual", "granularity": gran,
+            "question": "Did you see it in the video? Answer with yes or no.", "answer": answer, "pred": pred}
+
+
+# CMM's final_output.json layout (JSON lines); each row's fate under calculate_score.py, by hand
+# (answer and pred stripped then lower-cased; p5 = pred[:5]):
+CMM_ROWS = [
+    cmm("visual", "object-level", "yes", "  Yes, there is a river."),   # 1 p5 "yes, ": correct; GT-yes, PA hit
+    cmm("visual", "object-level", "no", "No, I did not see any tree."),  # 2 p5 "no, i": correct; GT-no, HR hit
+    cmm("visual", "event-level", "Yes.", "Yes, a dog barks."),   # 3 "yes." not in "yes, ": WRONG; but GT-yes and PA hit
+    cmm("visual", "event-level", "no", "Nope."),                 # 4 p5 "nope.": correct; HR hit
+    cmm("audio", "object-level", "no", "There is no bird."),     # 5 p5 "there": wrong; HR miss
+    cmm("audio", "object-level", "yes", "I think yes."),         # 6 p5 "i thi": wrong; PA miss
+    cmm("audio", "object-level", "no", "Noise of a car."),       # 7 p5 "noise" holds "no": correct; HR hit
+    cmm("both", "Object-Level", "no", "no"),                     # 8 correct; HR hit; granularity not exactly
+                                                                 #   "object-level": left out of that breakdown
+    cmm("both", "event-level", " NO ", "yes"),                   # 9 answer "no": wrong; GT-no, HR miss
+    cmm("both", "event-level", "maybe", "Maybe so."),            # 10 correct; neither GT-yes nor GT-no
+]
+
+
+def test_cmm_scores_reproduce_calculate_score_py(tmp_path):
+    path = tmp_path / "output.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CMM_ROWS))
+    s = score_cmm(str(path))
+    # entire dataset: correct rows 1, 2, 4, 7, 8, 10 -> 6/10; GT-yes rows 1, 3, 6 with hits 1, 3 -> 2/3;
+    # GT-no rows 2, 4, 5, 7, 8, 9 with hits 2, 4, 7, 8 -> 4/6
+    p = s["pooled"]
+    assert (p["n"], p["correct"], p["n_yes"], p["correct_yes"], p["n_no"], p["correct_no"]) == (10, 6, 3, 2, 6, 4)
+    assert p["accuracy"] == 0.6 and p["pa"] == pytest.approx(2 / 3) and p["hr"] == pytest.approx(2 / 3)
+    sub = s["sub_category"]
+    assert list(sub) == ["visual", "audio", "both"]                  # first-seen order, as printed
+    # visual (1-4): correct 1, 2, 4 -> 3/4; PA rows 1, 3 both hit -> 1; HR rows 2, 4 both hit -> 1
+    assert (sub["visual"]["accuracy"], sub["visual"]["pa"], sub["visual"]["hr"]) == (0.75, 1.0, 1.0)
+    # audio (5-7): correct 7 -> 1/3; PA row 6 missed -> 0; HR rows 5 (miss), 7 (hit) -> 1/2
+    assert sub["audio"]["accuracy"] == pytest.approx(1 / 3) and (sub["audio"]["pa"], sub["audio"]["hr"]) == (0.0, 0.5)
+    # both (8-10): correct 8, 10 -> 2/3; no GT-yes row -> PA 0 (the script's `else 0`, not NaN);
+    # HR rows 8 (hit), 9 (miss) -> 1/2
+    assert sub["both"]["accuracy"] == pytest.approx(2 / 3) and sub["both"]["n_yes"] == 0
+    assert (sub["both"]["pa"], sub["both"]["hr"]) == (0.0, 0.5)
+    # per (granularity, sub_category); row 8's "Object-Level" is in neither level
+    g = s["granularity"]
+    assert list(g) == ["object-level", "event-level"] and s["granularity_skipped"] == 1
+    assert list(g["object-level"]) == ["visual", "audio"] and list(g["event-level"]) == ["visual", "both"]
+    # object-level visual (1, 2): all right; object-level audio = rows 5-7 = the audio numbers above
+    assert (g["object-level"]["visual"]["accuracy"], g["object-level"]["visual"]["pa"], g["object-level"]["visual"]["hr"]) == (1.0, 1.0, 1.0)
+    assert g["object-level"]["audio"]["accuracy"] == pytest.approx(1 / 3) and g["object-level"]["audio"]["hr"] == 0.5
+    # event-level visual (3, 4): correct 4 -> 1/2, PA row 3 hit -> 1, HR row 4 hit -> 1
+    assert (g["event-level"]["visual"]["accuracy"], g["event-level"]["visual"]["pa"], g["event-level"]["visual"]["hr"]) == (0.5, 1.0, 1.0)
+    # event-level both (9, 10): correct 10 -> 1/2, no GT-yes -> PA 0, HR row 9 missed -> 0
+    assert (g["event-level"]["both"]["accuracy"], g["event-level"]["both"]["pa"], g["event-level"]["both"]["hr"]) == (0.5, 0.0, 0.0)
+    # the paper's overall: unweighted mean over the three sub-categories
+    assert s["overall"]["accuracy"] == pytest.approx((3 / 4 + 1 / 3 + 2 / 3) / 3)   # 0.5833, pooled is 0.6
+    assert s["overall"]["pa"] == pytest.approx((1 + 0 + 0) / 3) and s["overall"]["hr"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+
+
+def test_cmm_report_prints_what_the_script_prints():
+    """The script's stdout for CMM_ROWS, typed out: its labels, column widths (35 / 20 / 25 / 10, and
+    15 for granularity) and 4 decimals, blank lines where its "\n"s put them."""
+    text = cmm_report(score_cmm(CMM_ROWS))
+    assert text.splitlines() == [
+        "Overall Accuracy (entire dataset): 0.6000",
+        "Overall Perception Accuracy (entire dataset): 0.6667",
+        "Overall Hallucination Resistance (entire dataset): 0.6667",
+        "",
+        "sub_category                       perception accuracy Hallucination Resistance accuracy  ",
+        "visual                             1.0000              1.0000                   0.7500    ",
+        "audio                              0.0000              0.5000                   0.3333    ",
+        "both                               0.0000              0.5000                   0.6667    ",
+        "",
+        "Granularity    sub_category                       perception accuracy Hallucination Resistance accuracy  ",
+        "OBJECT-LEVEL RESULTS:",
+        "object-level   visual                             1.0000              1.0000                   1.0000    ",
+        "object-level   audio                              0.0000              0.5000                   0.3333    ",
+        "EVENT-LEVEL RESULTS:",
+        "event-level    visual                             1.0000              1.0000                   0.5000    ",
+        "event-level    both                               0.0000              0.0000                   0.5000    ",
     ]
-    s = score_cmm(rows)
-    assert s["sub_category"]["s1"] == {"n": 2, "accuracy": 0.5, "pa": 1.0, "hr": 0.0}
-    assert s["sub_category"]["s2"] == {"n": 2, "accuracy": 0.5, "pa": 0.0, "hr": 1.0}
-    assert s["granularity"]["event"]["accuracy"] == 0.5
-    assert s["overall"] == 0.5 and s["pooled"]["accuracy"] == 0.5
+
+
+def test_cmm_quirks_one_at_a_time():
+    # the answer's first 5 characters decide GT-yes before GT-no: "yes, no" is a yes row
+    s = score_cmm([cmm("s", "object-level", "yes, no", "yes")])["pooled"]
+    assert (s["n_yes"], s["n_no"], s["correct"]) == (1, 0, 0)          # "yes, no" not in "yes"
+    # "unknown"[:5] = "unkno" holds "no": a GT-no row; an empty answer is in every prediction
+    s = score_cmm([cmm("s", "object-level", "unknown", "no"), cmm("s", "object-level", "", "whatever")])["pooled"]
+    assert (s["n_no"], s["correct_no"], s["correct"]) == (1, 1, 1)
+    # only the first 5 characters of the stripped prediction count: "     yes" strips to "yes"
+    s = score_cmm([cmm("s", "object-level", "yes", "     yes"), cmm("s", "object-level", "yes", "Sure, yes")])["pooled"]
+    assert (s["correct"], s["correct_yes"]) == (1, 1)
+    # no rows: every number 0, as the script's `if total > 0 else 0`
+    s = score_cmm([])
+    assert s["pooled"]["accuracy"] == 0 and s["pooled"]["pa"] == 0 and s["sub_category"] == {}
+    assert s["overall"] == {"accuracy": 0.0, "pa": 0.0, "hr": 0.0}
+
+
+def test_cmm_names_bad_rows():
+    with pytest.raises(KeyError, match=r"CMM row 0 lacks \['pred'\].*pred_key="):
+        score_cmm([{"sub_category": "s", "granularity": "object-level", "answer": "yes", "prediction": "yes"}])
+    assert score_cmm([{"sub_category": "s", "granularity": "object-level", "answer": "yes", "prediction": "yes"}],
+                     pred_key="prediction")["pooled"]["accuracy"] == 1.0
+    with pytest.raises(TypeError, match=r"CMM row 1: 'pred' is None .*not a string"):
+        score_cmm([cmm("s", "object-level", "yes", "yes"), cmm("s", "object-level", "yes", None)])
 
 
 def test_chair_counts_mentions_synonyms_plurals_and_alternatives():

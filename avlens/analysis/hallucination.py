@@ -2,7 +2,7 @@
 
     from avlens.analysis.hallucination import score_avhbench, score_cmm, score_captions, parse_yes_no
     score_avhbench(records, parser="mad")     # records: AVHBench entries + "pred"
-    score_cmm(rows)                           # CMM rows with "pred"
+    score_cmm(rows); print(cmm_report(score_cmm(rows)))   # CMM rows with "pred"
     score_captions(preds, gt, vocabulary)     # CHAIR_i, CHAIR_s, recall
 
 * **AVHBench** (`{"video_id", "task", "text", "label"}`; tasks `AVH_TASKS`) has no official scorer.
@@ -24,9 +24,14 @@
     "AV Captioning" / "AV Matching", each task's correct count taken as ``int(accuracy * n)``.
   Per task: accuracy, precision, recall, F1 (positive class "yes") and yes-ratio; the overall as the
   MAD paper reports it (unweighted mean of the two hallucination tasks' accuracies) and pooled.
-* **CMM** (``evaluation/calculate_score.py``): lower-case and strip; correct iff ``answer in
-  pred[:5]``; PA = share of GT-yes rows with "yes" in ``pred[:5]``, HR = share of GT-no rows with
-  "no" in ``pred[:5]``; per sub-category and granularity; overall = mean over sub-categories.
+* **CMM** (DAMO-NLP-SG/CMM ``evaluation/calculate_score.py``, reproduced rule by rule): answer and
+  prediction stripped, then lower-cased; correct iff ``answer in pred[:5]``; ground-truth yes iff
+  ``"yes" in answer[:5]``, else ground-truth no iff ``"no" in answer[:5]``; PA = GT-yes rows with
+  "yes" in ``pred[:5]`` / GT-yes rows, HR = GT-no rows with "no" in ``pred[:5]`` / GT-no rows; an
+  empty denominator gives 0 (not NaN). Groups: the entire dataset (the script's "Overall"), each
+  sub-category, and each (granularity, sub-category) pair for the granularities "object-level" and
+  "event-level" only; the paper's overall is the mean over sub-categories. `cmm_report` prints the
+  script's text.
 * **CHAIR** (PAI / OPERA ``chair.py``, Rohrbach et al. 2018): object mentions found through a
   synonym vocabulary after tokenising and lemmatising; CHAIR_i = hallucinated mentions / all
   mentions (pooled over captions, repeated mentions counted), CHAIR_s = captions with a
@@ -40,7 +45,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
@@ -57,6 +62,8 @@ __all__ = [
     "mad_normalize_answer",
     "score_avhbench",
     "score_cmm",
+    "cmm_report",
+    "CMM_GRANULARITIES",
     "ObjectVocabulary",
     "AV_OBJECTS",
     "caption_mentions",
@@ -240,37 +247,113 @@ def score_avhbench(records, parser: str = "mad", pred_key: str = "pred", questio
             "overall_script": overall_script, "pooled": metrics(recs) if recs else None, "dropped": dropped}
 
 
+#: the granularities CMM's ``calculate_score.py`` breaks down by (exact strings; other values are
+#: left out of that breakdown, as the script's ``continue`` leaves them out)
+CMM_GRANULARITIES = ("object-level", "event-level")
+
+
+def _cmm_text(row: dict, key: str, i: int) -> str:
+    v = row[key]
+    if not isinstance(v, str):
+        raise TypeError(f"CMM row {i}: {key!r} is {v!r} ({type(v).__name__}), not a string; CMM's scorer calls "
+                        f".strip().lower() on it (write the model's text, '' if it produced none)")
+    return v.strip().lower()  # the script's order: strip, then lower-case
+
+
+def _cmm_counts() -> dict:
+    return {"total": 0, "correct": 0, "total_yes": 0, "correct_yes": 0, "total_no": 0, "correct_no": 0}
+
+
+def _cmm_add(c: dict, answer: str, pred: str) -> None:
+    """One row into a group's counts, by ``calculate_score.py``'s rules."""
+    c["total"] += 1
+    c["correct"] += answer in pred[:5]
+    if "yes" in answer[:5]:  # ground truth "yes": decided from the answer's first 5 characters
+        c["total_yes"] += 1
+        c["correct_yes"] += "yes" in pred[:5]
+    elif "no" in answer[:5]:  # only when the answer is not a "yes" one
+        c["total_no"] += 1
+        c["correct_no"] += "no" in pred[:5]
+
+
+def _cmm_metrics(c: dict) -> dict:
+    """Counts -> accuracy, PA, HR; an empty denominator gives 0 (the script's ``else 0``)."""
+    return {"n": c["total"], "accuracy": c["correct"] / c["total"] if c["total"] > 0 else 0.0,
+            "pa": c["correct_yes"] / c["total_yes"] if c["total_yes"] > 0 else 0.0,
+            "hr": c["correct_no"] / c["total_no"] if c["total_no"] > 0 else 0.0,
+            "n_yes": c["total_yes"], "n_no": c["total_no"], "correct": c["correct"],
+            "correct_yes": c["correct_yes"], "correct_no": c["correct_no"]}
+
+
 def score_cmm(rows, pred_key: str = "pred") -> dict:
-    """CMM (``evaluation/calculate_score.py``) scores of `rows` (a path or dicts with ``category,
-    sub_category, granularity, question, answer`` and `pred_key`): per sub-category and per
-    granularity ``{n, accuracy, pa, hr}``; ``overall`` = mean accuracy over sub-categories (the
-    paper's), ``pooled`` = over all rows."""
+    """CMM scores of `rows` as DAMO-NLP-SG/CMM's ``evaluation/calculate_score.py`` computes them.
+
+    `rows`: a path (JSON lines, as the script reads, or a JSON list) or dicts with ``sub_category,
+    granularity, answer`` and the prediction under `pred_key` (``pred`` in the script). Rules, as
+    the script applies them to every group:
+
+    * ``answer`` and the prediction are stripped, then lower-cased;
+    * correct iff ``answer in pred[:5]`` (the whole answer a substring of the prediction's first 5
+      characters: "yes." is not in "yes, ", an empty answer is always "correct");
+    * a row is ground-truth yes iff ``"yes" in answer[:5]``, else ground-truth no iff ``"no" in
+      answer[:5]``, else neither (counted in accuracy only);
+    * PA (perception accuracy) = GT-yes rows with ``"yes" in pred[:5]`` / GT-yes rows; HR
+      (hallucination resistance) = GT-no rows with ``"no" in pred[:5]`` / GT-no rows ("nope",
+      "not" and "noise" all count); a group without GT-yes (GT-no) rows has PA (HR) 0, not NaN.
+
+    Returns
+    ``{"pooled": the script's "Overall ... (entire dataset)", "sub_category": {name: ...},
+    "granularity": {"object-level": {sub_category: ...}, "event-level": {sub_category: ...}},
+    "overall": {"accuracy", "pa", "hr"} (the paper's overall: the unweighted mean over
+    sub-categories), "granularity_skipped": rows whose granularity is neither of the two}``, each
+    group ``{n, accuracy, pa, hr, n_yes, n_no, correct, correct_yes, correct_no}``, groups in
+    first-seen order as the script prints them. The breakdown by granularity is per (granularity,
+    sub-category) pair, as the script's third table; a granularity other than exactly
+    "object-level" / "event-level" is left out of it (and counted in ``granularity_skipped``).
+    Numbers are unrounded; `cmm_report` prints them as the script does (4 decimals). On the
+    released CMM (200 GT-yes and 200 GT-no rows per sub-category) ``overall`` and ``pooled``
+    coincide; on a subset they can differ."""
     rows = read_records(rows)
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for r in rows:
-        for k in ("sub_category", "granularity", "answer", pred_key):
-            if k not in r:
-                raise KeyError(f"CMM rows need {k!r} (found {sorted(r)})")
-        ans, pred = str(r["answer"]).lower().strip(), str(r[pred_key]).lower().strip()
-        for key in (("sub_category", r["sub_category"]), ("granularity", r["granularity"]), ("pooled", "all")):
-            groups[key].append((ans, pred))
+    pooled = _cmm_counts()
+    subs: dict[str, dict] = {}
+    gran: dict[str, dict[str, dict]] = {g: {} for g in CMM_GRANULARITIES}
+    skipped = 0
+    for i, r in enumerate(rows):
+        missing = [k for k in ("sub_category", "granularity", "answer", pred_key) if k not in r]
+        if missing:
+            raise KeyError(f"CMM row {i} lacks {missing} (found {sorted(r)}); rows need sub_category, granularity, "
+                           f"answer and the prediction (pass pred_key= if yours is not {pred_key!r})")
+        answer, pred = _cmm_text(r, "answer", i), _cmm_text(r, pred_key, i)
+        _cmm_add(pooled, answer, pred)
+        _cmm_add(subs.setdefault(r["sub_category"], _cmm_counts()), answer, pred)
+        if r["granularity"] in gran:
+            _cmm_add(gran[r["granularity"]].setdefault(r["sub_category"], _cmm_counts()), answer, pred)
+        else:
+            skipped += 1
+    per_sub = {k: _cmm_metrics(c) for k, c in subs.items()}
+    overall = {m: float(np.mean([v[m] for v in per_sub.values()])) if per_sub else 0.0 for m in ("accuracy", "pa", "hr")}
+    return {"pooled": _cmm_metrics(pooled), "sub_category": per_sub,
+            "granularity": {g: {k: _cmm_metrics(c) for k, c in d.items()} for g, d in gran.items()},
+            "overall": overall, "granularity_skipped": skipped}
 
-    def m(pairs):
-        correct = [a in p[:5] for a, p in pairs]
-        yes = [p for a, p in pairs if a == "yes"]
-        no = [p for a, p in pairs if a == "no"]
-        return {"n": len(pairs), "accuracy": float(np.mean(correct)),
-                "pa": float(np.mean(["yes" in p[:5] for p in yes])) if yes else float("nan"),
-                "hr": float(np.mean(["no" in p[:5] for p in no])) if no else float("nan")}
 
-    out = {"sub_category": {}, "granularity": {}}
-    for (kind, name), pairs in groups.items():
-        if kind != "pooled":
-            out[kind][name] = m(pairs)
-    subs = [v["accuracy"] for v in out["sub_category"].values()]
-    out["overall"] = float(np.mean(subs)) if subs else float("nan")
-    out["pooled"] = m(groups[("pooled", "all")]) if rows else None
-    return out
+def cmm_report(scores: dict) -> str:
+    """The text ``calculate_score.py`` prints, from `score_cmm`'s result (same labels, column widths
+    and 4-decimal rounding), so a run can be compared with the script's output line by line."""
+    p = scores["pooled"]
+    lines = [f"Overall Accuracy (entire dataset): {p['accuracy']:.4f}",
+             f"Overall Perception Accuracy (entire dataset): {p['pa']:.4f}",
+             f"Overall Hallucination Resistance (entire dataset): {p['hr']:.4f}", "",
+             f'{"sub_category":<35}{"perception accuracy":<20}{"Hallucination Resistance":<25}{"accuracy":<10}']
+    for name, m in scores["sub_category"].items():
+        lines.append(f"{name:<35}{m['pa']:<20.4f}{m['hr']:<25.4f}{m['accuracy']:<10.4f}")
+    lines += ["", f'{"Granularity":<15}{"sub_category":<35}{"perception accuracy":<20}{"Hallucination Resistance":<25}'
+                  f'{"accuracy":<10}']
+    for g, subs in scores["granularity"].items():
+        lines.append(f"{g.upper()} RESULTS:")
+        for name, m in subs.items():
+            lines.append(f"{g:<15}{name:<35}{m['pa']:<20.4f}{m['hr']:<25.4f}{m['accuracy']:<10.4f}")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------- CHAIR
