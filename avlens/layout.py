@@ -297,6 +297,31 @@ class BatchLayout:
             validate=False,
         )
 
+    @staticmethod
+    def cat(layouts: Sequence["BatchLayout"]) -> "BatchLayout":
+        """The layouts of equally long batches stacked along the batch axis (the samples of the
+        first, then of the second, ...). Groups missing from one layout are empty there."""
+        if not layouts:
+            raise ValueError("BatchLayout.cat needs at least one layout")
+        n = {lay.n_pos for lay in layouts}
+        if len(n) != 1:
+            raise ValueError(f"BatchLayout.cat needs layouts of one length; got lengths {sorted(n)}: pad them first")
+        names = list(dict.fromkeys(k for lay in layouts for k in lay.masks))
+        masks = {
+            k: torch.cat([lay.masks[k] if k in lay.masks else torch.zeros(lay.shape, dtype=torch.bool, device=lay.device)
+                          for lay in layouts])
+            for k in names
+        }
+        st = [t for lay in layouts for t in lay.str_tokens] if all(lay.str_tokens for lay in layouts) else None
+        return BatchLayout(
+            masks,
+            time=torch.cat([lay.time for lay in layouts]),
+            chunk=torch.cat([lay.chunk for lay in layouts]),
+            media_index=torch.cat([lay.media_index for lay in layouts]),
+            str_tokens=st,
+            validate=False,
+        )
+
     def extend(self, n_new: int, str_tokens: Optional[list[list[str]]] = None) -> "BatchLayout":
         """The layout with `n_new` generated text positions appended (they join `text` and
         `generated`; `last` moves to the final position)."""

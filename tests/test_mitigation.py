@@ -316,3 +316,71 @@ def test_mad_without_the_words_is_not_applicable(toy, prompt, tmp_path):
     t = res.table.set_index("method")
     assert "not applicable" in t.loc["mad", "not_applicable"] and t.loc["plain", "not_applicable"] == ""
     assert math.isnan(t.loc["mad", "accuracy"]) and "| mad | n/a |" in res.markdown()
+
+
+def test_stacked_branches_decode_like_one_forward_per_branch(toy, prompt):
+    """Branches decoded as one stacked batch (equal lengths; PAI's shorter media-free branch padded on
+    the left) give the tokens and scores of one forward per branch, for every method."""
+    from avlens.mitigation import default_methods
+
+    for name, method in default_methods(toy=True).items():
+        a = decode(toy, prompt, method, max_new_tokens=8, stack_branches=True)
+        b = decode(toy, prompt, method, max_new_tokens=8, stack_branches=False)
+        assert a.n_steps == b.n_steps == 7, name
+        assert torch.equal(a.tokens, b.tokens), name
+        torch.testing.assert_close(a.scores, b.scores, atol=2e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_stack_groups_pad_only_hook_free_branches():
+    from types import SimpleNamespace
+
+    from avlens.mitigation.decoding import _stack_groups
+
+    def br(n, hooks=False, ndim=3):
+        return SimpleNamespace(batch=SimpleNamespace(shape=(1, n), position_ids=torch.zeros((3, 1, n) if ndim == 3 else (1, n))),
+                               hooks=[("h", None)] if hooks else [])
+
+    # PAI: hooked full prompt + shorter hook-free media-free prompt -> one stack
+    assert _stack_groups([br(40, True), br(12)], True) == [[0, 1]]
+    # a hooked branch of another length never joins (its hooks index keys by position)
+    assert _stack_groups([br(40, True), br(12, True), br(30)], True) == [[0, 2], [1]]
+    # a hook-free branch longer than the hooked stack stays apart; no hooks: everything pads to the longest
+    assert _stack_groups([br(20, True), br(30)], True) == [[0], [1]]
+    assert _stack_groups([br(20), br(30), br(5)], True) == [[0, 1, 2]]
+    # different position-id layouts never mix; stacking off: one branch per forward
+    assert _stack_groups([br(20), br(20, ndim=2)], True) == [[0], [1]]
+    assert _stack_groups([br(20), br(20)], False) == [[0], [1]]
+
+
+def test_var_on_generated_keys_equals_full_length_masks():
+    """Decoding steps use masks of the prompt's length (generated keys are neither media nor sinks):
+    equal to the redistribution with masks padded to every key."""
+    from avlens.mitigation.steering import _redistribute, _VarMasks
+
+    g = torch.Generator().manual_seed(0)
+    b, h, n, extra = 2, 3, 12, 5
+    P = torch.softmax(torch.randn(b, h, 1, n + extra, generator=g) * 3, -1)
+    sinks = torch.zeros(b, n, dtype=torch.bool)
+    sinks[:, [0, 4]] = True
+    video = torch.zeros(b, n, dtype=torch.bool)
+    video[:, 2:7] = True
+    audio = torch.zeros(b, n, dtype=torch.bool)
+    audio[:, 7:10] = True
+    q = torch.ones(b, 1, dtype=torch.bool)
+    pad = lambda m: torch.cat([m, torch.zeros(b, extra, dtype=torch.bool)], 1)  # noqa: E731
+    ref = redistribute_pattern(P, q, pad(sinks), {"video": pad(video), "audio": pad(audio)}, 0.6, 0.5, 0.05)
+    got = _redistribute(P, q, _VarMasks(sinks, {"video": video, "audio": audio}, 0.6, P.device), 0.6, 0.5, 0.05)
+    torch.testing.assert_close(got, ref)
+    assert not torch.allclose(ref, P)  # the edit did something
+    torch.testing.assert_close(got.sum(-1), P.sum(-1))
+
+
+def test_batch_layout_cat_stacks_samples():
+    from avlens.layout import BatchLayout
+
+    a = BatchLayout.text_only(torch.tensor([[1, 1, 1]]))
+    b = BatchLayout.text_only(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    c = BatchLayout.cat([a, b])
+    assert c.batch_size == 3 and torch.equal(c.mask("pad"), torch.tensor([[0, 0, 0], [1, 0, 0], [0, 0, 0]]).bool())
+    with pytest.raises(ValueError, match="one length"):
+        BatchLayout.cat([a, BatchLayout.text_only(torch.ones(1, 4))])

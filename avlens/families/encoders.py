@@ -112,7 +112,11 @@ class HookedEncoder(nn.Module):
     @property
     def hooked(self) -> bool:
         """Whether any hook point of this encoder holds a hook."""
-        return any(isinstance(m, HookPoint) and (m.fwd_hooks or m.bwd_hooks) for m in self.modules())
+        points = self.__dict__.get("_hook_point_list")
+        if points is None:  # the module tree is fixed after construction: walk it once, not every forward
+            points = [m for m in self.modules() if isinstance(m, HookPoint)]
+            self.__dict__["_hook_point_list"] = points
+        return any(m.fwd_hooks or m.bwd_hooks for m in points)
 
     def _pattern_hooked(self) -> bool:
         return any(b.attn.hook_pattern.fwd_hooks or b.attn.hook_pattern.bwd_hooks for b in getattr(self, "blocks", []))

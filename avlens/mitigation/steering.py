@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -97,18 +97,23 @@ def steering_sinks(model, batch, config: SinkConfig = SinkConfig()) -> SteeringS
     return SteeringSinks(cross, uni)
 
 
-def query_mask(batch, n_q: int, start: int, last_only: bool = False) -> Tensor:
-    """Bool `[b, n_q]`: queries of a call starting at absolute position `start` that come after the
-    sample's last media token (the text after the media; every decoded token). `last_only`: only the
-    call's last query (PAI's "last query")."""
+def _last_media(batch) -> Tensor:
+    """`[b]`: each sample's last audio / video / image position (-1 without media)."""
     lay = batch.layout
     media = lay.mask("audio") | lay.mask("video") | lay.mask("image")
     pos = torch.arange(media.shape[1], device=media.device)
-    last_media = torch.where(media, pos, torch.full_like(pos, -1)).amax(1)  # [b]
-    q = start + torch.arange(n_q, device=media.device)
-    m = q[None, :] > last_media[:, None]
+    return torch.where(media, pos, torch.full_like(pos, -1)).amax(1)
+
+
+def query_mask(batch, n_q: int, start: int, last_only: bool = False, last_media: Optional[Tensor] = None) -> Tensor:
+    """Bool `[b, n_q]`: queries of a call starting at absolute position `start` that come after the
+    sample's last media token (the text after the media; every decoded token). `last_only`: only the
+    call's last query (PAI's "last query"). `last_media` (`_last_media(batch)`) saves recomputing it."""
+    lm = _last_media(batch) if last_media is None else last_media
+    q = start + torch.arange(n_q, device=lm.device)
+    m = q[None, :] > lm[:, None]
     if last_only:
-        m &= torch.arange(n_q, device=media.device)[None, :] == n_q - 1
+        m &= torch.arange(n_q, device=lm.device)[None, :] == n_q - 1
     return m
 
 
@@ -116,6 +121,21 @@ def _pad_keys(keys: Tensor, k: int) -> Tensor:
     if keys.shape[1] >= k:
         return keys[:, :k]
     return torch.cat([keys, keys.new_zeros(keys.shape[0], k - keys.shape[1])], 1)
+
+
+class _StepMemo:
+    """One value per forward call (keyed by the call's query count, start position, key count and
+    device), shared by every layer's hook: masks are built once per decoding step, not once per
+    layer. Holds only the latest call's value."""
+
+    def __init__(self, build: Callable):
+        self.build, self.key, self.value = build, None, None
+
+    def __call__(self, n_q: int, start: int, k: int, device):
+        key = (n_q, start, k, device)
+        if key != self.key:
+            self.key, self.value = key, self.build(n_q, start, k, device)
+        return self.value
 
 
 def boost_scores(scores: Tensor, queries: Tensor, keys: Tensor, alpha: float) -> Tensor:
@@ -126,12 +146,21 @@ def boost_scores(scores: Tensor, queries: Tensor, keys: Tensor, alpha: float) ->
 
 def boost_hooks(batch, keys: Tensor, layers: Sequence[int], alpha: float, last_only: bool = False) -> list:
     """`attn.hook_attn_scores` hooks applying `boost_scores` to the queries after the media (or the
-    last query) and the key positions `keys` (`[b, n_prompt]` bool), in prefill and decoding."""
+    last query) and the key positions `keys` (`[b, n_prompt]` bool), in prefill and decoding. The
+    `alpha x (query, key)` mask is built once per forward call and shared by the layers."""
     keys = keys.bool()
+    last_media = _last_media(batch)
+
+    def build(n_q, start, k, device):
+        q = query_mask(batch, n_q, start, last_only, last_media.to(device))
+        m = q[:, None, :, None] & _pad_keys(keys.to(device), k)[:, None, None, :]
+        return alpha * m.float()
+
+    memo = _StepMemo(build)
 
     def hook(scores, hook):
-        q = query_mask(batch, scores.shape[2], hook.start_pos, last_only).to(scores.device)
-        return boost_scores(scores, q, _pad_keys(keys.to(scores.device), scores.shape[3]), alpha)
+        m = memo(scores.shape[2], hook.start_pos, scores.shape[3], scores.device)
+        return torch.addcmul(scores, scores.abs(), m.to(scores.dtype))
 
     return [(f"blocks.{l}.attn.hook_attn_scores", hook) for l in layers]
 
@@ -174,6 +203,41 @@ class SinkSteering(Method):
 
 
 # --------------------------------------------------------------------------------------- VAR
+class _VarMasks:
+    """The masks VAR's redistribution needs for one layer, as float matrices (built once per key
+    count): `M [b, 1, k, m]` media, `MS` media sinks, `MnS_T [b, 1, m, k]` non-sink media,
+    `S [b, 1, k, 1]` sinks, `scale [b, 1, 1, k]` = p on sinks, 1 elsewhere."""
+
+    def __init__(self, sinks: Tensor, media: dict[str, Tensor], p: float, device):
+        S = sinks.bool().to(device)  # [b, k]
+        if media:
+            M = torch.stack([m.bool().to(device) for m in media.values()], -1)  # [b, k, m]
+        else:
+            M = torch.zeros(*S.shape, 0, dtype=torch.bool, device=device)
+        self.M = M.float()[:, None]
+        self.MS = (M & S[..., None]).float()[:, None]
+        self.MnS_T = (M & ~S[..., None]).float().transpose(1, 2)[:, None]
+        self.S = S.float()[:, None, :, None]
+        self.scale = torch.where(S, torch.tensor(float(p), device=device), torch.tensor(1.0, device=device))[:, None, None, :]
+
+
+def _redistribute(P: Tensor, queries: Tensor, masks: _VarMasks, p: float, rho: float, min_media: float) -> Tensor:
+    n = masks.S.shape[2]
+    if P.shape[-1] > n:
+        # keys past the masks' length (generated tokens) are neither media nor sinks: VAR leaves
+        # them as they are, so the masks are built once for the prompt, not once per step
+        return torch.cat([_redistribute(P[..., :n], queries, masks, p, rho, min_media), P[..., n:]], -1)
+    tot = P @ masks.M  # [b, h, q, m]: each modality's share of the row
+    in_sinks = P @ masks.MS  # [b, h, q, m]: the share held by that modality's sinks
+    cond = (tot >= min_media) & (in_sinks <= rho * tot) & queries[:, None, :, None]
+    recv = (cond.to(P.dtype) @ masks.MnS_T) > 0  # [b, h, q, k]: non-sink tokens of qualifying modalities
+    recv_P = P * recv
+    recv_mass = recv_P.sum(-1, keepdim=True)
+    freed = (1 - p) * (P @ masks.S)  # [b, h, q, 1]
+    new = torch.addcmul(P * masks.scale, recv_P, freed / recv_mass.clamp(min=1e-30))
+    return torch.where(recv_mass > 0, new, P)
+
+
 def redistribute_pattern(pattern: Tensor, queries: Tensor, sinks: Tensor, media: dict[str, Tensor], p: float = 0.6,
                          rho: float = 0.5, min_media: float = 0.2) -> Tensor:
     """VAR's redistribution on a softmaxed pattern `[b, h, q, k]`. `queries [b, q]`, `sinks [b, k]`
@@ -182,19 +246,8 @@ def redistribute_pattern(pattern: Tensor, queries: Tensor, sinks: Tensor, media:
     every sink's attention is multiplied by `p` and the freed mass `(1 - p) x (sink attention)` is
     given to the non-sink tokens of the qualifying modalities in proportion to their attention."""
     P = pattern.float()
-    S = sinks[:, None, None, :].to(P.device)
-    recv = torch.zeros_like(P, dtype=torch.bool)
-    for M in media.values():
-        Mm = M[:, None, None, :].to(P.device)
-        tot = (P * Mm).sum(-1)
-        in_sinks = (P * (Mm & S)).sum(-1)
-        cond = (tot >= min_media) & (in_sinks <= rho * tot) & queries[:, None, :].to(P.device)
-        recv |= cond[..., None] & Mm & ~S
-    recv_mass = (P * recv).sum(-1, keepdim=True)
-    rows = recv.any(-1, keepdim=True) & (recv_mass > 0)
-    freed = (1 - p) * (P * S).sum(-1, keepdim=True)
-    new = torch.where(S, P * p, P) + torch.where(recv, P / recv_mass.clamp(min=1e-30) * freed, torch.zeros_like(P))
-    return torch.where(rows, new, P).to(pattern.dtype)
+    masks = _VarMasks(sinks, media, p, P.device)
+    return _redistribute(P, queries.to(P.device), masks, p, rho, min_media).to(pattern.dtype)
 
 
 class VAR(Method):
@@ -223,14 +276,21 @@ class VAR(Method):
         layers = [l for l in range(L - 1) if bool(per_layer[l].any())]
         if not layers:
             raise ValueError(f"no sinks in layers 0..{L - 2} (SinkConfig {c}); VAR would change nothing")
+        last_media = _last_media(batch)
+        queries = _StepMemo(lambda n_q, start, k, dev: query_mask(batch, n_q, start, last_media=last_media.to(dev)))
 
         def make(l):
+            # masks for this layer, rebuilt only when the key count changes (once per decoding step)
+            memo = _StepMemo(lambda n_q, start, k, dev: _VarMasks(
+                _pad_keys(per_layer[l].to(dev), k), {m: _pad_keys(v.to(dev), k) for m, v in media.items()}, self.p, dev))
+            n_prompt = per_layer.shape[2]
+
             def hook(pattern, hook):
-                q = query_mask(batch, pattern.shape[2], hook.start_pos).to(pattern.device)
-                k = pattern.shape[3]
-                s = _pad_keys(per_layer[l].to(pattern.device), k)
-                med = {m: _pad_keys(v.to(pattern.device), k) for m, v in media.items()}
-                return redistribute_pattern(pattern, q, s, med, self.p, self.rho, self.min_media)
+                n_q, k, dev = pattern.shape[2], pattern.shape[3], pattern.device
+                P = pattern.float()
+                out = _redistribute(P, queries(n_q, hook.start_pos, k, dev), memo(1, 0, min(k, n_prompt), dev),
+                                    self.p, self.rho, self.min_media)
+                return out.to(pattern.dtype)
             return hook
 
         return [(f"blocks.{l}.attn.hook_pattern", make(l)) for l in layers]

@@ -338,7 +338,8 @@ class Attention(nn.Module):
         vx = v.repeat_interleave(rep, dim=2) if rep > 1 else v
         # scale q (small) rather than the scores (large), and mask in place: the full-size
         # score tensor is allocated once
-        scores = torch.einsum("bqhe,bkhe->bhqk", q[:, q0:q1] / math.sqrt(self.cfg.d_head), kx)
+        # batched matmuls on [b, h, ., .] views (cheaper to dispatch than einsum for decoding steps)
+        scores = torch.matmul(q[:, q0:q1].transpose(1, 2) / math.sqrt(self.cfg.d_head), kx.permute(0, 2, 3, 1))
         scores.masked_fill_(mask.blocked()[:, :, q0:q1], torch.finfo(scores.dtype).min)
         if hooks:
             scores = self.hook_attn_scores(scores)
@@ -347,7 +348,7 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(pattern)
         if collector is not None:
             collector.add(self.layer, pattern, q0)
-        return torch.einsum("bhqk,bkhe->bqhe", pattern, vx)
+        return torch.matmul(pattern, vx.transpose(1, 2)).transpose(1, 2)
 
     def _chunked(self, q, k, v, mask: AttentionMask, rep: int, collector) -> Tensor:
         """Eager attention in query chunks, feeding each chunk's pattern to the group summary, so

@@ -102,10 +102,26 @@ class HookedAVTransformer(HookedRootModule):
 
     def remove_all_hook_fns(self, direction="both", including_permanent=False, level=None):
         # only visit hook points that hold hooks: a model has thousands of (mostly idle) group
-        # views, and TransformerLens's walk over all of them costs milliseconds per call
-        for hp in self.hook_points():
+        # views, and TransformerLens's walk over all of them costs milliseconds per call.
+        # Hooks of a `model.hooks(...)` context (level is set) are only ever added through
+        # `_enable_hook_with_name` / `_enable_hooks_for_points`, which note their points, so
+        # leaving a context (once per decoding step in avlens.mitigation) visits only those.
+        tracked = self.__dict__.setdefault("_context_hooked", set())
+        points = list(tracked) if level is not None else self.hook_points()
+        for hp in points:
             if hp.fwd_hooks or hp.bwd_hooks:
                 hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+        if level is None:
+            tracked.clear()
+        else:
+            tracked.difference_update([hp for hp in points if not (hp.fwd_hooks or hp.bwd_hooks)])
+
+    def _enable_hooks_for_points(self, hook_points, enabled, hook, dir):
+        tracked = self.__dict__.setdefault("_context_hooked", set())
+        for hook_name, hp in hook_points:
+            if enabled(hook_name):
+                hp.add_hook(hook, dir=dir, level=self.context_level)
+                tracked.add(hp)
 
     def clear_contexts(self):
         for hp in self.hook_points():
@@ -146,6 +162,7 @@ class HookedAVTransformer(HookedRootModule):
         hp = self.resolve_hook(name)
         self.check_hooks_to_add(hp, name, hook, dir=dir)
         hp.add_hook(hook, dir=dir, level=self.context_level)
+        self.__dict__.setdefault("_context_hooked", set()).add(hp)
 
     def _disabled_reason(self, name: str) -> Optional[str]:
         """Why an opt-in hook would never fire, or None if it fires."""
