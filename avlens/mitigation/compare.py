@@ -55,6 +55,50 @@ class Comparison:
         with open(os.path.join(out, "skipped.json"), "w") as f:
             json.dump(self.skipped, f, indent=1)
 
+    _SHOWN = ("accuracy", "f1", "yes_ratio", "false_yes_rate", "chair_i", "chair_s", "step_ratio", "latency_ratio")
+
+    def _rows(self, digits: int = 3) -> list[list[str]]:
+        """One row per method: name, items, then the shown metrics (`mean [lo, hi]` where the
+        table has bootstrap intervals), `n/a: reason` for methods that cannot run on the model."""
+        out = []
+        for _, r in self.table.iterrows():
+            if r.get("not_applicable"):
+                out.append([str(r["method"]), "-", "-"] + [f"n/a: {r['not_applicable']}"] + [""] * (len(self._SHOWN) - 1))
+                continue
+            cells = [str(r["method"]), f"{int(r.get('n_yes_no', 0))}+{int(r.get('n_captions', 0))}", str(int(r.get("n_not_applied", 0)))]
+            for c in self._SHOWN:
+                v = r.get(c, float("nan"))
+                if c + "_lo" in r and v == v:
+                    cells.append(f"{v:.{digits}f} [{r[c + '_lo']:.{digits}f}, {r[c + '_hi']:.{digits}f}]")
+                else:
+                    cells.append("-" if v != v else f"{v:.{digits if 'ratio' not in c else 2}f}")
+            out.append(cells)
+        return out
+
+    def _header(self) -> list[str]:
+        return ["method", "items (yes/no+captions)", "not applied"] + list(self._SHOWN)
+
+    def __repr__(self) -> str:
+        """Methods x metrics (95 % bootstrap intervals), items per method, and the skipped media."""
+        from avlens.viz.reprs import text_table
+
+        n = len(self.table)
+        lines = [f"Comparison({n} method{'s' if n != 1 else ''}, {len(self.skipped)} media skipped)"]
+        lines += text_table(self._header(), self._rows())
+        for sk in self.skipped[:5]:
+            lines.append(f"  skipped {sk.get('video_id')}: {sk.get('reason')}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A card for notebooks: the same table, escaped, and the skipped media."""
+        from avlens.viz.reprs import card, table
+
+        body = table(self._header(), self._rows(), num_cols=list(range(1, len(self._SHOWN) + 3)))
+        if self.skipped:
+            body += "<div class='avl-n'>skipped media</div>" + table(["video", "reason"], [[s.get("video_id"), s.get("reason")] for s in self.skipped])
+        n = len(self.table)
+        return card("Comparison", f"{n} method{'s' if n != 1 else ''}, {len(self.skipped)} media skipped", body)
+
     def markdown(self, digits: int = 3) -> str:
         t = self.table
         cols = ["method", "n_not_applied", "accuracy", "f1", "yes_ratio", "false_yes_rate", "chair_i", "chair_s", "recall",
@@ -114,32 +158,44 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
     eos = getattr(model.tokenizer, "eos_token_id", None)
     preds: dict[str, list[dict]] = {}
     rows = []
-    for name, method in methods.items():
-        out_recs, secs, setup, n_tok, step_secs, n_steps = [], 0.0, 0.0, 0, 0.0, 0
-        it = items
-        if progress:
-            from tqdm.auto import tqdm
+    # items outer, methods inner: every method meets the same machine load, so the latency ratios
+    # stay fair when other work shares the CPU
+    acc = {name: {"recs": [], "secs": 0.0, "setup": 0.0, "n_tok": 0, "step_secs": 0.0, "n_steps": 0, "na": ""}
+           for name in methods}
+    it = items
+    if progress:
+        from tqdm.auto import tqdm
 
-            it = tqdm(items, desc=name)
-        not_applicable = ""
-        for kind, r in it:
-            wave, frames, fps = get(r["video_id"])
-            q = r["text"] if kind == "yes_no" else r["prompt"]
-            p = AVPrompt(prompt(q), audio=wave, video=frames, fps=fps)
-            n_new = yes_no_tokens if kind == "yes_no" else caption_tokens
+        it = tqdm(items, desc=f"{len(methods)} methods")
+    for kind, r in it:
+        wave, frames, fps = get(r["video_id"])
+        q = r["text"] if kind == "yes_no" else r["prompt"]
+        p = AVPrompt(prompt(q), audio=wave, video=frames, fps=fps)
+        n_new = yes_no_tokens if kind == "yes_no" else caption_tokens
+        for name, method in methods.items():
+            a = acc[name]
+            if a["na"]:
+                continue
             try:
                 o, applied = decode(model, p, method, n_new, eos), True
             except NotApplicable as e:  # the method cannot run on this model at all: its row says so
-                not_applicable = str(e)
-                break
+                a["na"] = str(e)
+                continue
             except ValueError:  # nothing to steer on this sample (e.g. no cross-modal sink): plain decoding, counted
                 o, applied = decode(model, p, Plain(), n_new, eos), False
             toks = [t for t in o.tokens[0].tolist() if t != eos]
             text = model.tokenizer.decode(toks).strip()
-            secs, setup, n_tok = secs + o.seconds, setup + o.setup_seconds, n_tok + o.tokens.shape[1]
-            step_secs, n_steps = step_secs + (o.seconds - o.prefill_seconds), n_steps + o.n_steps
-            out_recs.append({**r, "kind": kind, "pred": text, "seconds": o.seconds, "n_tokens": int(o.tokens.shape[1]),
-                             "applied": applied})
+            a["secs"] += o.seconds
+            a["setup"] += o.setup_seconds
+            a["n_tok"] += o.tokens.shape[1]
+            a["step_secs"] += o.seconds - o.prefill_seconds
+            a["n_steps"] += o.n_steps
+            a["recs"].append({**r, "kind": kind, "pred": text, "seconds": o.seconds, "n_tokens": int(o.tokens.shape[1]),
+                              "applied": applied})
+    for name in methods:
+        a = acc[name]
+        out_recs, secs, setup, n_tok, step_secs, n_steps = a["recs"], a["secs"], a["setup"], a["n_tok"], a["step_secs"], a["n_steps"]
+        not_applicable = a["na"]
         if not_applicable:
             nan = float("nan")
             row = {"method": name, "n_yes_no": 0, "n_captions": 0, "n_not_applied": len(items), "not_applicable": not_applicable}
