@@ -84,7 +84,8 @@ def test_file_media_reads_the_files_and_records_where_the_audio_came_from(bench)
     assert np.abs(frames.astype(int) - c1.frames).mean() < 4          # H.264, crf 10
     assert media.log["00001"] == {"video_id": "00001", "video": "videos/00001.mp4", "audio": "audios/00001.wav",
                                   "audio_source": AUDIO_FILE}
-    wave, frames, _ = media("00002")                                     # no wav: the video's own track
+    with pytest.warns(UserWarning, match="00002: audios/00002.wav is missing"):
+        wave, frames, _ = media("00002")                                 # no wav: the video's own track
     assert np.abs(wave - c2.waveform).max() <= Q
     assert media.log["00002"]["audio_source"] == VIDEO_TRACK
     assert media.log["00002"]["note"] == "audios/00002.wav is missing: the audio is the video's own track (videos/00002.mp4)"
@@ -106,8 +107,9 @@ def test_bench_dir_command_runs_end_to_end_and_records_skips_and_fallbacks(bench
 
     root, recs = bench
     out = tmp_path / "run"
-    assert main(["hallucination", "--bench-dir", str(root), "--out", str(out), "--methods", "plain,vcd",
-                 "--captions", "caption_set.json"]) == 0
+    with pytest.warns(UserWarning, match="00002: audios/00002.wav is missing"):
+        assert main(["hallucination", "--bench-dir", str(root), "--out", str(out), "--methods", "plain,vcd",
+                     "--captions", "caption_set.json"]) == 0
     printed = capsys.readouterr().out
     assert "5 videos read" in printed and "3 skipped" in printed and "1 with the audio taken from the video's own track" in printed
     assert "audio fallback 00002: audios/00002.wav is missing" in printed and "| vcd |" in printed
@@ -149,7 +151,8 @@ def test_evaluate_folder_without_out_leaves_nothing_behind(bench, tmp_path, monk
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)      # mkdtemp reads TMPDIR again
-    res = evaluate_folder(load_toy(), str(root), max_items=7, n_boot=10)
+    with pytest.warns(UserWarning, match="00002"):
+        res = evaluate_folder(load_toy(), str(root), max_items=7, n_boot=10)
     assert list(tmp_path.iterdir()) == []                # the staged files were removed
     # max_items counts yes/no rows (AV Captioning rows are not run: no caption set, no captions.json):
     # the 6 probes of 00001 and the first of 00002

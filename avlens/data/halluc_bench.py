@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -112,8 +113,9 @@ class FileMedia:
       sample, never crashes);
     * audio file present: ``audio_source = "audio_file"``;
     * audio file missing, the video has an audio track and `audio_fallback` (default): that track is
-      the audio, ``audio_source = "video_track"`` and ``note`` says which file was missing (the
-      harness copies both into every prediction record of the sample);
+      the audio, ``audio_source = "video_track"``, ``note`` says which file was missing (and a
+      `UserWarning` says it too); `evaluate_folder` copies both into every prediction record of the
+      sample;
     * audio file missing and no track in the video (or `audio_fallback=False`): recorded and
       `FileNotFoundError` raised (skipped);
     * a file FFmpeg cannot decode: recorded and `ValueError` raised (skipped); a corrupt audio file
@@ -160,6 +162,8 @@ class FileMedia:
                 source = VIDEO_TRACK
                 entry["note"] = (f"{arel} is missing: the audio is the video's own track ({vrel})" if arel
                                  else f"audio_pattern=None: the audio is the video's own track ({vrel})")
+                if arel:  # a substitution: said here too, for callers that never read the log
+                    warnings.warn(f"{video_id}: {entry['note']}", stacklevel=2)
             frames, fps = load_video(vpath, fps=self.fps)
             wave = load_audio(apath if source == AUDIO_FILE else vpath, self.sr)
         except (ValueError, OSError) as e:
