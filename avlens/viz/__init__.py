@@ -11,6 +11,8 @@ with `_repr_html_` (a notebook shows it), `.save(path)` and `Report.add_view(vie
     group_flow_view(model.attention_group_summary(batch))       # layer x head grid of G x G mass
     attention_drilldown(model, batch, layer=2, window=(40, 90)) # circuitsvis over a window only
     token_strip(batch.layout, values)                           # O(n) strip coloured by a value
+    spectrogram_view(batch, values, waveform=clip.waveform)     # audio tokens on the spectrogram
+    frame_strip_view(batch, values, frames=clip.frames)         # video tokens on each frame's grid
 
 `avlens demo` builds its report with these; later tools add their own sections the same way.
 """
@@ -25,6 +27,7 @@ from avlens.viz.groups import (
     legend_html,
 )
 from avlens.viz.report import Report, Section, json_for_script, script_safe, table_from_markdown, table_html
+from avlens.viz.media_views import FrameStripView, SpectrogramView, frame_strip_view, spectrogram_view
 from avlens.viz.views import (
     AttentionDrilldownView,
     GroupFlowView,
@@ -45,6 +48,10 @@ __all__ = [
     "attention_drilldown",
     "attention_drilldown_from_pattern",
     "token_strip",
+    "SpectrogramView",
+    "FrameStripView",
+    "spectrogram_view",
+    "frame_strip_view",
     "Report",
     "Section",
     "attention_heatmap",
