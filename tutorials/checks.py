@@ -1,0 +1,205 @@
+"""Checks for the tutorials' exercises (`tutorials/src/t*.py`).
+
+    from tutorials import checks
+    checks.test_group_mean_resid(group_mean_resid)   # prints a success line, or raises AssertionError
+
+Each `test_<exercise>(fn)` calls the student's function on inputs it builds itself (random
+tensors, and the shipped toy model on clips the notebooks do not use) and compares the result with
+an independent reference: the avlens function the exercise re-implements (which has its own tests
+against Hugging Face and brute force) and, where the exercise is a computation on tensors, a
+brute-force loop written out here. A mismatch raises `AssertionError` naming the input, the shapes
+and the largest difference; an unfinished stub raises its own `NotImplementedError`.
+
+The toy model and the small batches are loaded once per process (`toy_model`, `toy_batch`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import lru_cache
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "toy_model", "toy_batch",
+    # tutorial 1
+    "test_group_mean_resid", "test_group_activation", "test_ablate_group", "test_group_attention_mass",
+    "test_logit_attribution",
+]
+
+
+# ------------------------------------------------------------------------------------ shared
+@lru_cache(maxsize=1)
+def toy_model():
+    """The shipped toy audio-visual model (`avlens.load_toy()`), loaded once."""
+    import avlens
+
+    return avlens.load_toy()
+
+
+#: the checks' clips: (object, condition, seed), chosen apart from the notebooks' own clips
+CHECK_CLIPS = {
+    "mc": [("cat", "video_ambiguous", 31), ("bell", "audio_ambiguous", 32), ("train", "distractor", 33)],
+}
+
+
+@lru_cache(maxsize=None)
+def toy_batch(name: str = "mc"):
+    """(batch, answers, examples) for the clips `CHECK_CLIPS[name]`: multiple-choice prompts, audio
+    in video; `answers` the answer letters' token ids `[batch]`."""
+    from avlens.data import synth, tasks
+
+    model = toy_model()
+    clips = [synth.make_clip(o, c, seed=s) for o, c, s in CHECK_CLIPS[name]]
+    examples = [tasks.multiple_choice(c, seed=0) for c in clips]
+    batch = model.prepare_media([tasks.prompt_text(e) for e in examples], audio=[c.waveform for c in clips],
+                                video=[c.frames for c in clips], fps=synth.FPS, use_audio_in_video=True)
+    answers = torch.tensor([model.to_single_token(e.answer) for e in examples])
+    return batch, answers, examples
+
+
+def _tensor(x, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """AssertionError unless `actual` is a tensor of `expected`'s shape and values."""
+    actual = _tensor(actual, what)
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise AssertionError(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
+    a, e = actual.detach().float().cpu(), expected.detach().float().cpu()
+    if not torch.allclose(a, e, atol=atol, rtol=rtol, equal_nan=True):
+        diff = (a - e).abs()
+        diff[torch.isnan(diff)] = float("inf")
+        i = tuple(int(j) for j in (diff == diff.max()).nonzero()[0])
+        raise AssertionError(f"{what}: values differ; largest difference {float(diff.max()):.3g} at index {i} "
+                             f"(yours {float(a[i]):.6g}, expected {float(e[i]):.6g})")
+
+
+def _no_hooks_left(model, fn_name: str) -> None:
+    left = [name for name, hp in model.hook_dict.items() if hp._forward_hooks or hp._backward_hooks]
+    if left:
+        model.remove_all_hook_fns(including_permanent=False)
+        raise AssertionError(f"{fn_name} left hooks attached at {left[:3]}: use model.run_with_hooks(...) or "
+                             "`with model.hooks(...)`, which remove them when the run ends")
+
+
+def _passed(name: str) -> None:
+    print(f"All tests in `{name}` passed!")
+
+
+def _last_probs(logits: Tensor, batch) -> Tensor:
+    """Softmax at each sample's last real position: `[batch, vocab]`."""
+    return logits[batch.layout.mask("last")].float().softmax(-1)
+
+
+# ------------------------------------------------------------------------------------ tutorial 1
+@torch.no_grad()
+def test_group_mean_resid(group_mean_resid: Callable) -> None:
+    """Random tensors with different group sizes per sample against a per-sample loop; then the
+    toy model's video states at block 1 against the mean of the cached group view."""
+    g = torch.Generator().manual_seed(0)
+    resid = torch.randn(3, 7, 5, generator=g)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, [1, 2, 6]] = True
+    mask[1, 4] = True
+    mask[2, :] = True
+    expected = torch.stack([resid[b][mask[b]].mean(0) for b in range(3)])
+    _close(group_mean_resid(resid, mask), expected, "random resid [3, 7, 5], groups of 3, 1 and 7 positions")
+
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    hook = "blocks.1.hook_resid_pre"
+    _, cache = model.run_with_cache(batch, names_filter=[hook, hook + ".video"])
+    _close(group_mean_resid(cache[hook], batch.layout.mask("video")), cache[hook + ".video"].mean(1),
+           "toy model, blocks.1.hook_resid_pre over the video tokens")
+    _passed("test_group_mean_resid")
+
+
+@torch.no_grad()
+def test_group_activation(group_activation: Callable) -> None:
+    """Against the full cached activation indexed at the group's positions, sample by sample, for
+    several hooks (residual, per-head, MLP) and groups."""
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    _, cache = model.run_with_cache(batch)
+    lay = batch.layout
+    for hook, group in [("blocks.1.hook_resid_pre", "video"), ("blocks.2.attn.hook_z", "audio"),
+                        ("blocks.0.mlp.hook_post", "text"), ("blocks.3.hook_attn_out", "special")]:
+        expected = torch.stack([cache[hook][b, lay.positions(group, sample=b)] for b in range(lay.batch_size)])
+        got = group_activation(model, batch, hook, group)
+        _no_hooks_left(model, "group_activation")
+        _close(got, expected, f"group_activation(model, batch, {hook!r}, {group!r})")
+    _passed("test_group_activation")
+
+
+@torch.no_grad()
+def test_ablate_group(ablate_group: Callable) -> None:
+    """Against zeroing the group's positions through the full (not the group view's) hook."""
+    model = toy_model()
+    batch, answers, _ = toy_batch()
+    for layer, group in [(0, "audio"), (0, "video"), (2, "text"), (1, "special")]:
+        keep = (~batch.layout.mask(group))[..., None]
+
+        def zero_positions(x, hook, keep=keep):
+            return x * keep.to(x.dtype)
+
+        logits = model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", zero_positions)])
+        expected = _last_probs(logits, batch)[torch.arange(len(answers)), answers]
+        got = ablate_group(model, batch, layer, group, answers)
+        _no_hooks_left(model, "ablate_group")
+        _close(got, expected, f"ablate_group(model, batch, layer={layer}, group={group!r}, answers)")
+    _passed("test_ablate_group")
+
+
+@torch.no_grad()
+def test_group_attention_mass(group_attention_mass: Callable) -> None:
+    """Random causal patterns against a loop over samples, heads and queries; then the toy's
+    patterns against `model.attention_group_summary` (computed inside the forward pass)."""
+    g = torch.Generator().manual_seed(1)
+    b, h, n = 2, 3, 6
+    scores = torch.randn(b, h, n, n, generator=g).masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
+    pattern = scores.softmax(-1)
+    qm = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    km = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)
+    expected = torch.zeros(b, h)
+    for s in range(b):
+        for hd in range(h):
+            qs = qm[s].nonzero().flatten().tolist()
+            expected[s, hd] = sum(float(pattern[s, hd, q][km[s]].sum()) for q in qs) / len(qs)
+    _close(group_attention_mass(pattern, qm, km), expected, "random causal pattern [2, 3, 6, 6]")
+
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    _, cache = model.run_with_cache(batch)
+    summary = model.attention_group_summary(batch)
+    lay = batch.layout
+    for layer in (0, 3):
+        for q, k in [("last", "audio"), ("text", "video"), ("audio", "audio"), ("video", "special")]:
+            got = group_attention_mass(cache[f"blocks.{layer}.attn.hook_pattern"], lay.mask(q), lay.mask(k))
+            _close(got, summary[q, k][:, layer], f"toy model, block {layer}, {q} -> {k} (vs attention_group_summary)")
+    _passed("test_group_attention_mass")
+
+
+@torch.no_grad()
+def test_logit_attribution(logit_attribution: Callable) -> None:
+    """Against TransformerLens's `cache.logit_attrs(cache.decompose_resid(), tokens)` at each
+    sample's last position, and the sum over components against the model's logits, for the
+    answers and for other tokens."""
+    model = toy_model()
+    batch, answers, _ = toy_batch()
+    logits, cache = model.run_with_cache(batch)
+    last = batch.layout.mask("last")
+    components = cache.decompose_resid()
+    for tokens, what in [(answers, "the answers"), (torch.tensor([5, 17, 40]), "tokens 5, 17, 40")]:
+        per_pos = tokens[:, None].expand(batch.shape)  # the same token at every position of a sample
+        expected = cache.logit_attrs(components, tokens=per_pos)[:, last]  # [component, batch]
+        got = logit_attribution(model, cache, batch, tokens)
+        _close(got, expected, f"logit_attribution for {what} (vs cache.logit_attrs)", atol=1e-4)
+        _close(got.sum(0), logits[last][torch.arange(len(tokens)), tokens], f"sum over components for {what} vs the logits",
+               atol=1e-3)
+    _passed("test_logit_attribution")
