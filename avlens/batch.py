@@ -138,13 +138,27 @@ class AVBatch:
         )
 
     def __repr__(self) -> str:
+        """Shape, media features, the kind of rotary positions, the raw inputs kept for
+        re-encoding, then the layout's own repr (group counts and run-length codes)."""
         feats = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.features.items()) or "none"
         pos_kind = "3-D" if self.position_ids.ndim == 3 else "1-D"
+        raw = [k for k, v in (self.raw or {}).items() if v is not None]
+        extra = f", raw inputs: {', '.join(raw[:6])}{', ...' if len(raw) > 6 else ''}" if raw else ""
+        embeds = ", inputs_embeds given" if self.inputs_embeds is not None else ""
         return (
-            f"AVBatch(shape={tuple(self.shape)}, features: {feats}, {pos_kind} positions)\n"
+            f"AVBatch(shape={tuple(self.shape)}, features: {feats}, {pos_kind} positions{embeds}{extra})\n"
             + "\n".join("  " + line for line in repr(self.layout).splitlines())
         )
 
     def _repr_html_(self) -> str:
-        feats = ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.features.items()) or "no media"
-        return f"<div><b>AVBatch</b> shape={tuple(self.shape)} ({feats})</div>" + self.layout._repr_html_()
+        """A card for notebooks: shape, media features and positions, then the layout's strips
+        (one block per run of same-group positions; compact whatever the sequence length)."""
+        from avlens.viz.reprs import card, esc, group_chips, layout_rows
+
+        feats = ", ".join(f"{k} {list(v.shape)}" for k, v in self.features.items()) or "no media features"
+        pos_kind = "3-D (M-RoPE)" if self.position_ids.ndim == 3 else "1-D"
+        raw = [k for k, v in (self.raw or {}).items() if v is not None]
+        info = (f"<div>features: {esc(feats)}; {esc(pos_kind)} position ids"
+                + (f"; inputs_embeds {esc(list(self.inputs_embeds.shape))}" if self.inputs_embeds is not None else "")
+                + (f"; raw inputs kept: {esc(', '.join(raw[:8]))}" if raw else "") + "</div>")
+        return card("AVBatch", f"shape={tuple(self.shape)}", info + group_chips(self.layout) + layout_rows(self.layout))

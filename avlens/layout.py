@@ -20,7 +20,6 @@ returns a 1-D LongTensor.
 from __future__ import annotations
 
 import difflib
-import html
 from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -408,18 +407,40 @@ class BatchLayout:
         return " ".join(f"{GROUP_LETTERS[g]}{n}" for g, n in runs)
 
     def __repr__(self) -> str:
+        """Shape, group counts (one number when every sample agrees), then per sample (at most 4)
+        its run-length code, its media time spans and its overlay positions (sink, user spans)."""
         counts = {g: self.counts(g).tolist() for g in self.groups if int(self.counts(g).sum()) > 0 or g in PARTITION_GROUPS[:4]}
         lines = [f"{type(self).__name__}(batch={self.batch_size}, pos={self.n_pos})"]
-        lines.append("  counts: " + ", ".join(f"{g}={c if len(c) > 1 else c[0]}" for g, c in counts.items()))
+        lines.append("  counts: " + ", ".join(f"{g}={c if len(set(c)) > 1 else c[0]}" for g, c in counts.items()))
+        overlays = [g for g in self.groups if g not in PARTITION_GROUPS and g != "last"]
         for i in range(min(self.batch_size, 4)):
             s = self.summary(i)
             lines.append(f"  [{i}] " + (s if len(s) < 160 else s[:157] + "..."))
+            extra = []
+            for g in ("audio", "video", "image"):
+                t = self.time[i][self.masks[g][i].to(self.time.device)]
+                t = t[~torch.isnan(t)]
+                if len(t):
+                    extra.append(f"{g} {float(t.min()):.2f}-{float(t.max()):.2f} s")
+            for g in overlays:
+                pos = self.masks[g][i].nonzero().flatten().tolist()
+                if pos:
+                    extra.append(f"{g} {pos if len(pos) <= 8 else str(pos[:8])[:-1] + f', ... ({len(pos)})]'}")
+            if extra:
+                lines.append("      " + "; ".join(extra))
         if self.batch_size > 4:
             lines.append(f"  ... {self.batch_size - 4} more samples")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        return layout_html(self)
+        """A card for notebooks: group counts as coloured swatches, then one strip per sample (at
+        most 8) with a block per run of same-group positions and overlay groups (sink, last,
+        user spans) marked above it; hover a block for its positions, time span and text. Its
+        size grows with the number of runs, not of positions."""
+        from avlens.viz.reprs import card, group_chips, layout_rows
+
+        return card(f"{type(self).__name__}", f"batch={self.batch_size}, pos={self.n_pos}",
+                    group_chips(self) + layout_rows(self))
 
 
 class TokenLayout(BatchLayout):
@@ -438,46 +459,3 @@ def _last_mask(real: Tensor) -> Tensor:
     has = last >= 0
     out[has.nonzero().flatten(), last[has]] = True
     return out
-
-
-def layout_html(layout: BatchLayout, max_cells: int = 2048) -> str:
-    """An HTML strip per sample, one cell per position coloured by group (runs merged when long)."""
-    parts = [
-        "<div style='font-family:monospace;font-size:12px'>",
-        f"<div><b>{type(layout).__name__}</b> batch={layout.batch_size} pos={layout.n_pos} &nbsp;",
-    ]
-    for g in PARTITION_GROUPS:
-        c = int(layout.counts(g).sum())
-        parts.append(
-            f"<span style='background:{GROUP_COLORS[g]};color:white;padding:0 4px;margin-right:3px;"
-            f"border-radius:3px'>{g} {c}</span>"
-        )
-    for g in layout.groups[len(PARTITION_GROUPS):]:
-        c = int(layout.counts(g).sum())
-        if c:
-            parts.append(f"<span style='border:2px solid {GROUP_COLORS.get(g, '#444')};padding:0 3px;margin-right:3px'>{html.escape(g)} {c}</span>")
-    parts.append("</div>")
-    for i in range(min(layout.batch_size, 8)):
-        labels = layout.labels(i)
-        width = max(1, min(6, 900 // max(1, len(labels))))
-        cells = []
-        step = max(1, len(labels) // max_cells + (1 if len(labels) % max_cells else 0)) if len(labels) > max_cells else 1
-        for p in range(0, len(labels), step):
-            g = labels[p]
-            tip = f"{p}: {g}"
-            if layout.str_tokens:
-                tip += " " + layout.str_tokens[i][p]
-            t = float(layout.time[i, p])
-            if t == t:
-                tip += f" t={t:.2f}s"
-            overl = [o for o in layout.groups[len(PARTITION_GROUPS):] if bool(layout.masks[o][i, p])]
-            border = f"border-top:3px solid {GROUP_COLORS.get(overl[0], '#444')};" if overl else ""
-            if overl:
-                tip += " [" + ",".join(overl) + "]"
-            cells.append(
-                f"<span title='{html.escape(tip, quote=True)}' style='display:inline-block;width:{width}px;"
-                f"height:14px;background:{GROUP_COLORS[g]};{border}'></span>"
-            )
-        parts.append(f"<div style='white-space:nowrap;overflow-x:auto'>[{i}] {''.join(cells)}</div>")
-    parts.append("</div>")
-    return "".join(parts)

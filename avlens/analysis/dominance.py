@@ -1,7 +1,7 @@
 """Modality dominance of sinks, the cross-modal / unimodal split, and the unimodal-dominance rules
 (METHODS.md sections 2-5).
 
-    mds = modality_dominance(model, batch, sinks)        # [n_layers, n_sinks]
+    mds = modality_dominance(model, batch, sinks)        # [n_layers, n_sinks], a ModalityDominance
     cross, uni = cross_modal_split(sinks, mds.mean(0), dominant="audio")
     classify_dominance(y_av, y_a, y_v)                     # "audio" / "video" / None
     ie_clean(p_patched, p_corrupt), ie_corrupt(p_corrupt, p_patched)
@@ -15,12 +15,86 @@ import torch
 from torch import Tensor
 
 from avlens.analysis._collect import LaterQueryCollector, attach_collector, detach_collector
+from avlens.interventions.results import LabelledTensor
 
-__all__ = ["modality_dominance", "cross_modal_split", "classify_dominance", "ie_clean", "ie_corrupt"]
+__all__ = ["ModalityDominance", "modality_dominance", "cross_modal_split", "classify_dominance", "ie_clean", "ie_corrupt"]
+
+
+class ModalityDominance(LabelledTensor):
+    """The modality dominance score of one sample's sinks: a `[n_layers, n_sinks]` tensor with
+    axes `("layer", "sink")` (the sink labels are their positions), the sinks' token groups
+    (`sink_groups`) and the sample's layout (`sample_layout`, one sample; `Tensor.layout` is torch's). It is a tensor: arithmetic
+    gives plain tensors (`mds.mean(0)`), `mds.sel(sink=40)` one sink's scores per layer.
+
+    +1: only video queries attend to the sink; -1: only audio queries; 0: balanced (or none)."""
+
+    @staticmethod
+    def __new__(cls, data: Tensor, sinks: Sequence[int], sink_groups: Sequence[str], layout=None):
+        t = LabelledTensor.__new__(cls, data, ("layer", "sink"), {"layer": list(range(data.shape[0])), "sink": [int(p) for p in sinks]})
+        if len(sink_groups) != len(t.coords["sink"]):
+            raise ValueError(f"{len(sink_groups)} sink groups for {len(t.coords['sink'])} sinks")
+        t.sink_groups, t.sample_layout = list(sink_groups), layout
+        return t
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return ModalityDominance(self.plain().clone(), self.coords["sink"], self.sink_groups, copy.deepcopy(self.sample_layout, memo))
+
+    def __reduce_ex__(self, proto):
+        return ModalityDominance, (self.plain(), self.coords["sink"], self.sink_groups, self.sample_layout)
+
+    def _per_sink(self) -> list[tuple[int, str, float]]:
+        mean = self.plain().float().mean(0).tolist() if self.shape[0] else [float("nan")] * self.shape[1]
+        return list(zip(self.coords["sink"], self.sink_groups, mean))
+
+    def __repr__(self, **kw) -> str:
+        """Layers and sinks, then each sink (at most 12): position, group, layer-mean MDS and
+        which modality's queries attend to it more."""
+        lines = [f"ModalityDominance(layers={self.shape[0]}, sinks={self.shape[1]}): MDS = (v - a) / (v + a), "
+                 "+1 video-attended, -1 audio-attended"]
+        for p, g, m in self._per_sink()[:12]:
+            side = "video-attended" if m > 0 else ("audio-attended" if m < 0 else "balanced")
+            lines.append(f"  sink {p} ({g}): mean over layers {m:+.3f} ({side})")
+        if self.shape[1] > 12:
+            lines.append(f"  ... {self.shape[1] - 12} more sinks")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A card: the layer x sink map (a PNG, diverging around 0, the sinks' group strip under
+        it) and the per-sink layer means."""
+        from avlens.viz.reprs import card, heatmap, table
+
+        body = heatmap(self.plain(), self.coords["layer"], "layer", self.sink_groups, center=0.0, col_title="sink",
+                       col_labels=self.coords["sink"], caption="MDS per layer and sink (+1 video-attended, -1 audio-attended)")
+        body += table(["sink", "group", "mean MDS"], [[p, g, f"{m:+.3f}"] for p, g, m in self._per_sink()], num_cols=[0, 2])
+        return card("ModalityDominance", f"layers={self.shape[0]}, sinks={self.shape[1]}", body)
+
+    def plot(self, title: Optional[str] = None, kind: str = "heatmap"):
+        """kind="heatmap": MDS per layer (rows) and sink (columns, in the order given), diverging
+        around 0, a labelled band over the sinks in their token groups' colours.
+        kind="strip": the layer-mean MDS at each sink's position on the sample's
+        `avlens.viz.token_strip` (other positions blank; needs `sample_layout`). Returns a `View`."""
+        title = title or "modality dominance score per layer and sink (+1 video-attended, -1 audio-attended)"
+        if kind == "strip":
+            if self.sample_layout is None:
+                raise ValueError("kind='strip' needs the sample's layout; this score was built without one")
+            from avlens.viz import token_strip
+
+            full = torch.full((self.sample_layout.n_pos,), float("nan"))
+            full[torch.tensor(self.coords["sink"], dtype=torch.long)] = self.plain().float().mean(0).cpu()
+            return token_strip(self.sample_layout, full, sample=0, title=title + ", mean over layers")
+        if kind != "heatmap":
+            raise ValueError(f"kind must be 'heatmap' or 'strip'; got {kind!r}")
+        from avlens.viz.grid import grid_heatmap
+
+        return grid_heatmap(self.plain(), self.coords["layer"], self.coords["sink"], "layer", "sink position",
+                            col_groups=self.sink_groups, title=title, value_title="MDS", center=0.0)
 
 
 @torch.no_grad()
-def modality_dominance(model, batch, sinks, eps: float = 1e-9, N: int = 2, definition: str = "hidden") -> Union[Tensor, list[Tensor]]:
+def modality_dominance(model, batch, sinks, eps: float = 1e-9, N: int = 2,
+                       definition: str = "hidden") -> Union[ModalityDominance, list[ModalityDominance]]:
     """Modality dominance score of each sink at each layer, from the prefill attention:
 
         v = mean_{h, q in video, q > s} A[h, q, s],   a = mean_{h, q in audio, q > s} A[h, q, s]
@@ -31,8 +105,9 @@ def modality_dominance(model, batch, sinks, eps: float = 1e-9, N: int = 2, defin
     per-key sums; full attention patterns are never all kept.
 
     `sinks`: positions (one list for a single sample, or one list per sample), or a `SinkReport`
-    (its global sinks with `N` under `definition`). Returns `[n_layers, n_sinks]` (a list of those
-    for a batch). A sample without sinks is an error (there is nothing to score).
+    (its global sinks with `N` under `definition`). Returns a `ModalityDominance`, a labelled
+    `[n_layers, n_sinks]` tensor (a list of those for a batch). A sample without sinks is an error
+    (there is nothing to score).
     """
     from avlens.analysis.sinks import SinkReport
 
@@ -69,7 +144,8 @@ def modality_dominance(model, batch, sinks, eps: float = 1e-9, N: int = 2, defin
     for s, ps in enumerate(per_sample):
         idx = torch.tensor([int(q) for q in ps], dtype=torch.long)
         v, a = v_all[s][:, idx], a_all[s][:, idx]
-        out.append((v - a) / (v + a + eps))
+        labels = lay.labels(s)
+        out.append(ModalityDominance((v - a) / (v + a + eps), idx.tolist(), [labels[int(q)] for q in idx], lay.select(s)))
     return out[0] if b == 1 else out
 
 

@@ -273,32 +273,94 @@ class SinkReport:
         per_sample = [sinks] if self.batch_size == 1 else sinks
         return self.layout.with_group(name, per_sample)
 
-    def plot(self, sample: int = 0, definition: str = "hidden", title: Optional[str] = None):
-        """A layer x position map of the sink scores with the sinks marked and group bands."""
+    def _scores(self, sample: int, definition: str) -> tuple[Tensor, float]:
+        """`[n_layers, n_positions]` scores of one sample under a definition, and its threshold."""
+        if definition == "hidden":
+            return self.hidden_scores[sample], self.tau
+        if definition == "attention":
+            return self.attention_scores[sample].amax(1), self.eps
+        raise ValueError(f"definition must be 'hidden' or 'attention', got {definition!r}")
+
+    def plot(self, sample: int = 0, definition: str = "hidden", title: Optional[str] = None, kind: str = "map"):
+        """kind="map": a layer x position heatmap of the sink scores (hidden: max |x_hat| over the
+        dims; attention: max over heads of the mean attention from later queries) with the sink
+        cells marked and a labelled band per run of same-group positions above it.
+        kind="strip": each position's largest score over layers as an `avlens.viz.token_strip`
+        of the sample's layout (returns a `View`)."""
+        self._check_sample(sample)
+        z, thr = self._scores(sample, definition)
+        what = (f"max |x_hat| over dims {self.dims}" if definition == "hidden" else "max over heads of the mean attention from later queries")
+        title = title or f"sink tokens ({definition} definition: {what} > {thr:g})"
+        if kind == "strip":
+            from avlens.viz import token_strip
+
+            per_pos = z.amax(0).float().masked_fill(~self.valid[sample].to(z.device), float("nan"))
+            return token_strip(self.layout, per_pos, sample=sample, title=title + ", max over layers")
+        if kind != "map":
+            raise ValueError(f"kind must be 'map' or 'strip'; got {kind!r}")
         from avlens.viz.groups import score_map_figure
 
-        self._check_sample(sample)
-        if definition == "hidden":
-            z, thr = self.hidden_scores[sample], self.tau
-        elif definition == "attention":
-            z, thr = self.attention_scores[sample].amax(1), self.eps
-        else:
-            raise ValueError(f"definition must be 'hidden' or 'attention', got {definition!r}")
-        what = (f"max |x_hat| over dims {self.dims}" if definition == "hidden" else "max over heads of the mean attention from later queries")
-        return score_map_figure(
-            z, self.layout.labels(sample), marked=self._mask(definition)[sample],
-            title=title or f"sink tokens ({definition} definition: {what} > {thr:g})", colorbar_title=definition,
-        )
+        return score_map_figure(z, self.layout.labels(sample), marked=self._mask(definition)[sample], title=title,
+                                colorbar_title=definition)
+
+    def _default_definition(self) -> str:
+        return "hidden" if self.dims and bool(self._hidden_mask().any()) else "attention"
+
+    def _sink_rows(self, sample: int, definition: str, N: int = 2) -> list[list]:
+        """Global sinks of one sample with their group, time stamp, number of sink layers and
+        largest score, for the reprs."""
+        z, _ = self._scores(sample, definition)
+        m = self._mask(definition)[sample]
+        labels = self.layout.labels(sample)
+        rows = []
+        for p in self.global_sinks(N, sample=sample, definition=definition):
+            t = float(self.layout.time[sample, p])
+            rows.append([p, labels[p], f"{t:.2f} s" if t == t else "", int(m[:, p].sum()), f"{float(z[:, p].max()):.3g}"])
+        return rows
+
+    def _repr_html_(self) -> str:
+        """A card for notebooks: thresholds and counts, the first sample's layer x position score
+        map (a PNG; sink cells in the sink colour; group strip under it) under the definition
+        that finds sinks, and its global sinks (N = 2)."""
+        from avlens.viz.reprs import card, esc, heatmap, table
+
+        h, a = self._hidden_mask(), self._attention_mask()
+        d = self._default_definition()
+        z, thr = self._scores(0, d)
+        body = (f"<div>dims {esc(self.dims)}, tau {self.tau:g}, eps {self.eps:g}; sink cells: hidden-state {int(h.sum())}, "
+                f"attention {int(a.sum())}</div>")
+        body += heatmap(z, list(range(z.shape[0])), "layer", self.layout.labels(0), marked=self._mask(d)[0],
+                        caption=f"sample 0, {d} definition (marked: score > {thr:g})")
+        rows = self._sink_rows(0, d)
+        body += (f"<div class='avl-n'>global sinks of sample 0 ({d}, N=2, audio / video)</div>"
+                 + table(["position", "group", "time", "sink layers", "max score"], rows, num_cols=[0, 3, 4])
+                 if rows else "<div class='avl-n'>no global audio / video sinks in sample 0</div>")
+        if self.batch_size > 1:
+            body += f"<div class='avl-n'>{self.batch_size - 1} more samples: report.plot(sample=i)</div>"
+        return card("SinkReport", f"batch={self.batch_size}, layers={h.shape[1]}, positions={h.shape[2]}", body)
 
     def _check_sample(self, sample: Optional[int]) -> None:
         if sample is not None and not 0 <= sample < self.batch_size:
             raise IndexError(f"sample {sample} is out of range for a batch of {self.batch_size}")
 
     def __repr__(self) -> str:
+        """Shape, dims and thresholds, sink-cell counts, then per sample (at most 4) its global
+        audio / video sinks (N = 2) under each definition that finds any, with their groups."""
         h, a = self._hidden_mask(), self._attention_mask()
-        return (f"SinkReport(batch={self.batch_size}, layers={h.shape[1]}, positions={h.shape[2]}, dims={self.dims}, "
-                f"tau={self.tau:g}, eps={self.eps:g}; hidden-state sink cells: {int(h.sum())}, attention sink cells: "
-                f"{int(a.sum())})")
+        lines = [f"SinkReport(batch={self.batch_size}, layers={h.shape[1]}, positions={h.shape[2]}, dims={self.dims}, "
+                 f"tau={self.tau:g}, eps={self.eps:g}; hidden-state sink cells: {int(h.sum())}, attention sink cells: "
+                 f"{int(a.sum())})"]
+        for s in range(min(self.batch_size, 4)):
+            for d, m in (("hidden", h), ("attention", a)):
+                if not bool(m[s].any()):
+                    continue
+                labels = self.layout.labels(s)
+                sinks = self.global_sinks(2, sample=s, definition=d)
+                shown = ", ".join(f"{p} ({labels[p]})" for p in sinks[:8]) + (f", ... ({len(sinks)})" if len(sinks) > 8 else "")
+                lines.append(f"  [{s}] {d} global sinks (N=2): {shown or 'none in audio / video'}")
+        if self.batch_size > 4:
+            lines.append(f"  ... {self.batch_size - 4} more samples")
+        return "\n".join(lines)
 
 
 @torch.no_grad()

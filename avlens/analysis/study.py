@@ -142,11 +142,46 @@ class HubStudy:
         fig.update_layout(title="token-set causal tracing (the paper's Table 1 protocol)", height=320 * max(1, len(doms)) + 60, width=1000)
         return fig
 
-    def __repr__(self) -> str:
+    def _headline(self) -> str:
         kept = self.kept
         doms = {d: sum(r["dominant"] == d for r in kept) for d in ("audio", "video")}
         return (f"HubStudy({len(self.records)} samples: {doms['audio']} audio-dominant, {doms['video']} video-dominant, "
                 f"{len(self.skipped)} skipped {self.skip_reasons()})")
+
+    def _table_rows(self) -> list[list[str]]:
+        """The table's rows as strings: IE x 100 as `mean [lo, hi]`."""
+        t = self.table()
+        return [[r.dominant, r.token_set, str(r.n), f"{r.set_size:.1f}", f"{r.ie_clean:.2f} [{r.ie_clean_lo:.2f}, {r.ie_clean_hi:.2f}]",
+                 f"{r.ie_corrupt:.2f} [{r.ie_corrupt_lo:.2f}, {r.ie_corrupt_hi:.2f}]"] for r in t.itertuples()]
+
+    _HEADER = ["dominant", "token set", "n", "mean size", "IE_clean x 100 [95% CI]", "IE_corrupt x 100 [95% CI]"]
+
+    def __repr__(self) -> str:
+        """Sample counts (kept per dominant modality, skipped with reasons), the settings, and the
+        table: IE_clean / IE_corrupt x 100 per dominant modality and token set (mean, 95 % CI)."""
+        from avlens.viz.reprs import text_table
+
+        lines = [self._headline()]
+        lines.append("  settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items()))
+        rows = self._table_rows()
+        if rows:
+            lines += text_table(self._HEADER, rows)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A card for notebooks: counts, settings, the table (escaped) and the skip reasons."""
+        from avlens.viz.reprs import card, esc, table
+
+        kept = self.kept
+        doms = {d: sum(r["dominant"] == d for r in kept) for d in ("audio", "video")}
+        body = f"<div>settings: {esc(', '.join(f'{k}={v}' for k, v in self.settings.items()))}</div>"
+        rows = self._table_rows()
+        body += table(self._HEADER, rows, num_cols=[2, 3, 4, 5]) if rows else "<div>no sample was kept</div>"
+        reasons = sorted(self.skip_reasons().items(), key=lambda kv: -kv[1])
+        if reasons:
+            body += "<div class='avl-n'>skipped samples</div>" + table(["reason", "samples"], reasons, num_cols=[1])
+        return card("HubStudy", f"{len(self.records)} samples: {doms['audio']} audio-dominant, {doms['video']} "
+                                f"video-dominant, {len(self.skipped)} skipped", body)
 
 
 def _answer(model, batch: AVBatch) -> str:

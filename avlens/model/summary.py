@@ -99,6 +99,9 @@ class AttentionGroupSummary:
         )
 
     def __repr__(self) -> str:
+        """Shape; the mean mass matrix (query group rows, key group columns, layers, heads and
+        samples averaged) over the groups present; then, for each flow into a media group, the
+        three heads carrying the most of it."""
         b, L, H, G, _ = self.mass.shape
         v = self.values.mean((0, 1))  # [G, G]
         lines = [f"AttentionGroupSummary(batch={b}, layers={L}, heads={H}) mean mass, query group -> key group:"]
@@ -106,4 +109,21 @@ class AttentionGroupSummary:
         lines.append("          " + "".join(f"{self.groups[j]:>9}" for j in present))
         for i in present:
             lines.append(f"{self.groups[i]:>9} " + "".join(f"{float(v[i, j]):9.3f}" for j in present))
+        per_head = self.values  # [L, H, G, G]
+        flows = [(i, j) for j in present if self.groups[j] in ("audio", "video", "image")
+                 for i in present if i != j and self.groups[i] not in ("pad",)]
+        if flows and L * H > 1:
+            lines.append("  heads with the most mass into media (layer.head mass):")
+            for i, j in flows[:8]:
+                m = per_head[:, :, i, j].flatten()
+                top = m.argsort(descending=True)[:3].tolist()
+                lines.append(f"    {self.groups[i]} -> {self.groups[j]}: "
+                             + ", ".join(f"L{t // H}H{t % H} {float(m[t]):.3f}" for t in top))
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The group-flow view (`avlens.viz.group_flow_view`): per layer x head, the attention
+        mass from each query group to each key group, as a compact standalone fragment."""
+        from avlens.viz import group_flow_view
+
+        return group_flow_view(self)._repr_html_()

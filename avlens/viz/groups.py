@@ -143,16 +143,12 @@ def attention_heatmap(pattern: Tensor, labels: Sequence[str], groups: Sequence[s
         z=z, x=list(range(n)), y=list(range(n)), text=hover, colorscale="Blues", zmin=0,
         hovertemplate="%{text}<br>attention %{z:.3f}<extra></extra>", colorbar=dict(x=1.07, len=0.8),
     ))
-    shapes = []
-    for g, a, b in _runs(groups):
-        color = GROUP_COLORS.get(g, "#444")
-        shapes.append(dict(type="rect", xref="x", yref="paper", x0=a - 0.5, x1=b - 0.5, y0=1.005, y1=1.035,
-                           fillcolor=color, line_width=0))
-        shapes.append(dict(type="rect", xref="paper", yref="y", x0=1.005, x1=1.035, y0=a - 0.5, y1=b - 0.5,
-                           fillcolor=color, line_width=0))
-    for g in dict.fromkeys(groups):  # legend entries for the band colours
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=g,
-                                 marker=dict(color=GROUP_COLORS.get(g, "#444"), symbol="square", size=11)))
+    from avlens.viz.grid import group_bands, group_legend
+
+    top, top_notes = group_bands(groups, "x")
+    right, right_notes = group_bands(groups, "y")
+    shapes, notes = top + right, top_notes + right_notes
+    group_legend(fig, groups)
     tick = dict(tickmode="array", tickvals=list(range(n)), ticktext=list(labels), tickfont=dict(size=8))
     fig.update_layout(
         title=title, width=860, height=820, shapes=shapes, plot_bgcolor="white",
@@ -160,6 +156,8 @@ def attention_heatmap(pattern: Tensor, labels: Sequence[str], groups: Sequence[s
         yaxis=dict(title="query", autorange="reversed", **tick),
         legend=dict(orientation="h", y=-0.22, x=0), margin=dict(t=80, r=120),
     )
+    for a in notes:
+        fig.add_annotation(**a)
     return fig
 
 
@@ -203,12 +201,13 @@ def score_map_figure(scores: Tensor, groups: Sequence[str], marked: Optional[Ten
         r, c = marked.nonzero(as_tuple=True)
         fig.add_trace(go.Scatter(x=c.tolist(), y=r.tolist(), mode="markers", name="marked",
                                  marker=dict(color="white", size=5, line=dict(color="black", width=1))))
-    shapes = [dict(type="rect", xref="x", yref="paper", x0=a - 0.5, x1=b - 0.5, y0=1.01, y1=1.05,
-                   fillcolor=GROUP_COLORS.get(g, "#444"), line_width=0) for g, a, b in _runs(groups)]
-    for g in dict.fromkeys(groups):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=g,
-                                 marker=dict(color=GROUP_COLORS.get(g, "#444"), symbol="square", size=11)))
-    fig.update_layout(title=title, shapes=shapes, xaxis=dict(title="position"), yaxis=dict(title=y_title),
-                      legend=dict(orientation="h", y=-0.25, x=0), width=1000, height=180 + 22 * n_rows,
-                      margin=dict(t=80))
+    from avlens.viz.grid import group_bands, group_legend
+
+    shapes, notes = group_bands(groups, "x")
+    group_legend(fig, groups)
+    fig.update_layout(title=title, shapes=shapes, xaxis=dict(title="position", range=[-0.5, n - 0.5]), yaxis=dict(title=y_title),
+                      legend=dict(orientation="h", y=-0.25, x=0), width=1000, height=200 + 22 * n_rows,
+                      margin=dict(t=90))
+    for a in notes:
+        fig.add_annotation(**a)
     return fig
