@@ -214,31 +214,47 @@ def test_avcd_combination_cutoff_and_entropy_gate_hand_computed():
 
 
 def test_avcd_masks_the_most_attended_tokens_of_the_other_modalities(toy, prompt):
+    """The official selection (kaistmm/AVCD qwen.py), recomputed with loops from the cached patterns:
+    layers 0..L-2; dominance = layer mean of head-mean attention per token of each modality (text =
+    after the media); threshold = head mean of the median over keys of the layer-mean attention; a
+    token of a masked modality is masked in layer l, head h when its attention there exceeds it."""
+    import statistics
+
     from avlens.mitigation.baselines import AVCD
 
     batch = prompt.build(toy)
-    L = toy.cfg.n_layers
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    L, H = toy.cfg.n_layers, toy.cfg.n_heads
+    layers = list(range(L - 1))
+    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
     _, cache = toy.run_with_cache(batch, names_filter=names)
     n = batch.shape[1]
-    att = [sum(float(cache[nm][0, :, -1, k].mean()) for nm in names) / L for k in range(n)]
+    A = [[[float(cache[nm][0, h, -1, k]) for k in range(n)] for h in range(H)] for nm in names]  # [l][h][k]
     lay = batch.layout
-    groups = {"text": lay.mask("text")[0], "video": lay.mask("video")[0], "audio": lay.mask("audio")[0]}
-    pos = {m: [k for k in range(n) if g[k]] for m, g in groups.items()}
-    mean = {m: sum(att[k] for k in p) / len(p) for m, p in pos.items()}
-    dom = max(mean, key=mean.get)
-    top = {}
-    for m, p in pos.items():
-        ranked = sorted(p, key=lambda k: (-att[k], k))
-        top[m] = set(ranked[: math.ceil(len(p) / 2)])
+    labels = lay.labels(0)
+    last_media = max(k for k in range(n) if labels[k] in ("audio", "video"))
+    pos = {"text": [k for k in range(n) if labels[k] == "text" and k > last_media],
+           "video": [k for k in range(n) if labels[k] == "video"], "audio": [k for k in range(n) if labels[k] == "audio"]}
+    dom_score = {m: sum(sum(sum(A[l][h][k] for h in range(H)) / H for k in p) / len(p) for l in range(len(layers))) / len(layers)
+                 for m, p in pos.items()}
+    dom = max(dom_score, key=dom_score.get)
+    thr = sum(statistics.median([sum(A[l][h][k] for l in range(len(layers))) / len(layers) for k in range(n)])
+              for h in range(H)) / H
     out = decode(toy, prompt, AVCD(), max_new_tokens=3)
     run = out.run
     assert run.dominant == [dom] and out.n_branches == 4
+    assert abs(float(run.threshold[0]) - thr) < 1e-6
     plan = {"text": (("video", "audio"), ("audio",), ("video",)), "video": (("text", "audio"), ("audio",), ("text",)),
             "audio": (("text", "video"), ("video",), ("text",))}[dom]
+    n_masked = 0
     for i, mods in enumerate(plan):
-        want = set().union(*(top[m] for m in mods))
-        assert set(run.key_masks[i][0].nonzero().flatten().tolist()) == want
+        assert sorted(run.key_masks[i]) == layers  # the last layer is never masked
+        for j, l in enumerate(layers):
+            for h in range(H):
+                want = {k for m in mods for k in pos[m] if A[j][h][k] > thr}
+                got = set(run.key_masks[i][l][0, h].nonzero().flatten().tolist())
+                assert got == want, (i, l, h)
+                n_masked += len(want)
+    assert n_masked > 0  # the rule selected something on this clip
     assert not toy.hook_dict["blocks.1.attn.hook_attn_scores"].fwd_hooks  # nothing left registered
 
 
@@ -247,14 +263,17 @@ def test_avcd_branch_mask_blocks_attention_to_the_chosen_keys(toy, prompt):
 
     out = decode(toy, prompt, AVCD(), max_new_tokens=1)
     run = out.run
-    km = run.key_masks[0][0]
+    km = run.key_masks[0][1][0]  # layer 1, sample 0: [head, key]
+    assert bool(km.any())
     batch = prompt.build(toy)
     got = {}
     hooks = [h for h in run.branches[1].hooks if h[0] == "blocks.1.attn.hook_attn_scores"]
     toy.run_with_hooks(batch, fwd_hooks=hooks + [("blocks.1.attn.hook_pattern", lambda p, hook: got.setdefault("p", p.clone()))])
     P = got["p"][0]
-    for k in km.nonzero().flatten().tolist():
-        assert float(P[:, k + 1:, k].detach().abs().max()) == 0.0  # no later query reads a masked key
+    for h, k in km.nonzero().tolist():
+        assert float(P[h, k + 1:, k].detach().abs().max()) == 0.0  # no later query of that head reads a masked key
+    unmasked = (~km).nonzero().tolist()
+    assert any(float(P[h, k + 1:, k].detach().abs().max()) > 0 for h, k in unmasked if k + 1 < P.shape[1])
     # the step's scores are AVCD's contrast of the four branches' logits (recomputed by hand from separate runs)
     logits = [toy.run_with_hooks(batch, fwd_hooks=list(br.hooks))[:, -1].float() for br in run.branches[1:]]
     z = toy.forward(batch)[:, -1].float()

@@ -33,7 +33,7 @@ from avlens.mitigation.decoding import AVPrompt, Branch, Method, MethodRun, NotA
 from avlens.mitigation.steering import _pad_keys, boost_hooks
 
 __all__ = ["pai_contrast", "vcd_contrast", "diffusion_noise", "PAI", "VCD", "strip_media_placeholders", "avcd_contrast",
-           "avcd_selection", "AVCD", "AVCD_PLAN", "mad_weights", "mad_contrast", "mad_word_ids", "MAD", "toy_assessment"]
+           "avcd_selection", "avcd_text_mask", "AVCD", "AVCD_PLAN", "mad_weights", "mad_contrast", "mad_word_ids", "MAD", "toy_assessment"]
 
 _RAW_KEYS = {"audio": "input_features", "video": "pixel_values_videos", "image": "pixel_values"}
 _PLACEHOLDER = re.compile(r"<\|(vision|audio)_bos\|>.*?<\|(vision|audio)_eos\|>\s*")
@@ -164,68 +164,79 @@ def avcd_contrast(z: Tensor, z1: Tensor, z2: Tensor, z3: Tensor, alpha: float = 
     return torch.where((ent < entropy_threshold)[:, None], z, out)
 
 
-def avcd_selection(attn: Tensor, groups: dict, top_ratio: float = 0.5) -> tuple[list[str], list[dict]]:
-    """From last-query attention `attn [b, k]` (head- and layer-averaged) and bool token masks
-    `groups[m] [b, k]` for m in text / video / audio: per sample, the dominant modality (largest mean
-    attention per token) and, for each other modality, the mask of its `ceil(top_ratio n_m)` most
-    attended tokens (ties broken by position)."""
-    dominant, masks = [], []
-    for b in range(attn.shape[0]):
+def avcd_text_mask(layout) -> Tensor:
+    """`[b, n]`: the text after the last media token (the official code's "language" span: the
+    prompt after the video and audio tokens, system text excluded)."""
+    media = layout.mask("audio") | layout.mask("video") | layout.mask("image")
+    pos = torch.arange(media.shape[1], device=media.device)
+    last = torch.where(media, pos, torch.full_like(pos, -1)).amax(1)
+    return layout.mask("text") & (pos[None, :] > last[:, None])
+
+
+def avcd_selection(attn: Tensor, groups: dict, quantile: float = 0.5) -> tuple[list[str], Tensor, Tensor]:
+    """The official selection (kaistmm/AVCD `videollama2/model/qwen.py`), from the original branch's
+    last-query attention `attn [layer, b, head, k]` over the prefill, in the layers used (all but
+    the last, by default) and bool token masks `groups[m] [b, k]` for m in text / video / audio:
+
+    * dominant modality: the largest layer-mean of (head-mean attention summed over m's tokens / n_m);
+    * threshold per sample: the head-mean of the `quantile` (median) over all keys of the layer-mean attention;
+    * "highly attended" `[layer, b, head, k]`: tokens whose attention in that layer and head exceeds the threshold.
+
+    Returns (dominant per sample, threshold `[b]`, highly attended)."""
+    dominant = []
+    head_mean = attn.float().mean(2)  # [l, b, k]
+    for b in range(attn.shape[1]):
         per = {}
         for m in AVCD_MODALITIES:
             g = groups[m][b]
             if not bool(g.any()):
                 raise ValueError(f"AVCD needs text, video and audio tokens in every sample; sample {b} has no {m} tokens")
-            per[m] = float(attn[b][g].mean())
-        d = max(AVCD_MODALITIES, key=lambda m: per[m])
-        dominant.append(d)
-        sel = {}
-        for m in AVCD_MODALITIES:
-            if m == d:
-                continue
-            pos = groups[m][b].nonzero().flatten()
-            k = max(1, math.ceil(top_ratio * len(pos)))
-            order = torch.argsort(attn[b][pos], descending=True, stable=True)[:k]
-            mk = torch.zeros_like(groups[m][b])
-            mk[pos[order]] = True
-            sel[m] = mk
-        masks.append(sel)
-    return dominant, masks
+            per[m] = float((head_mean[:, b] * g).sum(-1).mean() / g.sum())
+        dominant.append(max(AVCD_MODALITIES, key=lambda m: per[m]))
+    thr = torch.quantile(attn.float().mean(0), quantile, dim=-1).mean(-1)  # [b]
+    return dominant, thr, attn.float() > thr[None, :, None, None]
 
 
 class _AVCDRun(MethodRun):
     def __init__(self, method: "AVCD", groups: dict, layers: list[int]):
         super().__init__([])
-        self.m, self.groups, self.layers = method, groups, set(layers)
-        self.acc: list[Tensor] = []
+        self.m, self.groups, self.layers = method, groups, list(layers)
+        self.acc: dict[int, Tensor] = {}
         self.dominant: Optional[list[str]] = None
-        self.masks: Optional[list[dict]] = None
-        self.key_masks: list[Optional[Tensor]] = [None, None, None]  # [b, n_prompt] per perturbed branch
+        self.threshold: Optional[Tensor] = None
+        # per perturbed branch: {layer: [b, head, n_prompt] bool}, the keys masked in that layer and head
+        self.key_masks: list[Optional[dict[int, Tensor]]] = [None, None, None]
 
     def record(self, pattern: Tensor, layer: int) -> None:
         if self.dominant is not None:  # the prefill decided; decoding steps leave it alone
             return
-        self.acc.append(pattern[:, :, -1, :].float().mean(1))
+        self.acc[layer] = pattern[:, :, -1, :].float()
         if len(self.acc) == len(self.layers):
-            attn = torch.stack(self.acc).mean(0)
-            self.dominant, self.masks = avcd_selection(attn, {m: g.to(attn.device) for m, g in self.groups.items()}, self.m.top_ratio)
+            attn = torch.stack([self.acc[l] for l in self.layers])  # [l, b, h, k]
+            groups = {m: g.to(attn.device) for m, g in self.groups.items()}
+            self.dominant, self.threshold, high = avcd_selection(attn, groups, self.m.quantile)
             for i in range(3):
-                km = torch.zeros_like(self.groups["text"], device=attn.device)
+                allowed = torch.zeros_like(groups["text"])
                 for b, d in enumerate(self.dominant):
                     for m in AVCD_PLAN[d][i]:
-                        km[b] |= self.masks[b][m]
-                self.key_masks[i] = km
-            self.acc = []
+                        allowed[b] |= groups[m][b]
+                self.key_masks[i] = {l: high[j] & allowed[:, None, :] for j, l in enumerate(self.layers)}
+            self.acc = {}
 
-    def mask_scores(self, i: int, scores: Tensor) -> Tensor:
-        km = self.key_masks[i]
-        if km is None:
+    def mask_scores(self, i: int, layer: int, scores: Tensor) -> Tensor:
+        masks = self.key_masks[i]
+        if masks is None:
             raise RuntimeError("AVCD's masked branch ran before the original branch's prefill chose the tokens")
+        km = masks.get(layer)
+        if km is None:  # a layer the official code leaves unmasked (the last)
+            return scores
         n_q, n_k = scores.shape[-2], scores.shape[-1]
-        keys = _pad_keys(km.to(scores.device), n_k)
+        km = km.to(scores.device)
+        if km.shape[-1] < n_k:
+            km = torch.cat([km, km.new_zeros(*km.shape[:-1], n_k - km.shape[-1])], -1)
         q_abs = torch.arange(n_k - n_q, n_k, device=scores.device)
-        m = keys[:, None, :] & (q_abs[:, None] != torch.arange(n_k, device=scores.device)[None, :])[None]  # keep the diagonal
-        return scores.masked_fill(m[:, None], float("-inf"))
+        off_diag = q_abs[:, None] != torch.arange(n_k, device=scores.device)[None, :]  # [q, k]: keep a token's own key
+        return scores.masked_fill(km[:, :, None, :] & off_diag, float("-inf"))
 
     def combine(self, step, logits):
         m = self.m
@@ -235,47 +246,55 @@ class _AVCDRun(MethodRun):
 class AVCD(Method):
     """Audio-visual contrastive decoding (Jung, Jang, Chung, *AVCD: Mitigating Hallucinations in
     Audio-Visual Large Language Models through Contrastive Decoding*, NeurIPS 2025, arXiv 2505.20862;
-    official code `kaistmm/AVCD`, `mm_infer`). From the original branch's last-query attention in the
-    prefill (head-averaged, averaged over `layers`, default all), the dominant modality among text,
-    video and audio is the one with the largest attention per token; three perturbed branches mask
-    (attention scores -inf, every query but the token's own) the most attended `top_ratio` of the
-    tokens of the other modalities, by the official plan `AVCD_PLAN` (z1: both others, z2 and z3: one
-    each); each step combines them with `avcd_contrast` (alpha 0.5, cutoff beta 0.2, entropy gate
-    0.6). Four branches, each with its own KV cache.
+    official code `kaistmm/AVCD`: `videollama2/__init__.py` (the loop) and `videollama2/model/qwen.py`
+    (selection and masks)). From the original branch's per-head last-query attention in the prefill,
+    in every layer but the last (`layers`), `avcd_selection` picks the dominant modality among text
+    (after the media), video and audio and a threshold (head-mean of the median over keys of the
+    layer-mean attention); three perturbed branches mask, in each of those layers and heads, the
+    tokens of other modalities whose attention there exceeds the threshold, by the official plan
+    `AVCD_PLAN` (z1: both others, z2 and z3: one each); each step combines them with `avcd_contrast`
+    (alpha 0.5, cutoff beta 0.2, entropy gate 0.6). Four branches, each with its own KV cache.
 
-    Departures from the released code, stated: it re-runs every branch without a cache at every step
-    (dominance re-estimated each step, branches skipped when the gate holds); here the dominance and
-    masks are fixed at the prefill and every branch steps every time (its cache must follow). The
-    released threshold for "highly attended" lives in its modeling file, which avlens did not
-    recover: `top_ratio=0.5` (the top half of each masked modality's tokens) is avlens's choice."""
+    Departures from the released code, stated: (1) it re-runs every branch without a cache at every
+    step (selection re-estimated each step, branches skipped when the gate holds); here selection
+    and masks are fixed at the prefill and every branch steps every time (its cache must follow).
+    (2) The released mask is written into the *query* rows of the selected tokens
+    (`modality_mask[:, :, span, :] = av_mask`, so those tokens attend to nothing after renormalising),
+    while the paper describes masking the tokens as keys; avlens masks them as keys (attention
+    scores -inf for every query but the token's own). (3) The released plausibility fill is -1e-4
+    (`fill=-1e-4` reproduces it); the default here is -inf, the usual cutoff."""
 
     name = "avcd"
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.2, entropy_threshold: float = 0.6, top_ratio: float = 0.5,
+    def __init__(self, alpha: float = 0.5, beta: float = 0.2, entropy_threshold: float = 0.6, quantile: float = 0.5,
                  layers: Optional[Sequence[int]] = None, fill: float = float("-inf")):
-        if not 0 < top_ratio <= 1:
-            raise ValueError(f"top_ratio must be in (0, 1], got {top_ratio}")
-        self.alpha, self.beta, self.entropy_threshold, self.top_ratio = alpha, beta, entropy_threshold, top_ratio
+        if not 0 <= quantile <= 1:
+            raise ValueError(f"quantile must be in [0, 1] (the official threshold is the median, 0.5), got {quantile}")
+        self.alpha, self.beta, self.entropy_threshold, self.quantile = alpha, beta, entropy_threshold, quantile
         self.layers, self.fill = None if layers is None else list(layers), fill
 
     def start(self, model, prompt, batch):
         lay = batch.layout
-        groups = {"text": lay.mask("text"), "video": lay.mask("video") | lay.mask("image"), "audio": lay.mask("audio")}
+        groups = {"text": avcd_text_mask(lay), "video": lay.mask("video") | lay.mask("image"), "audio": lay.mask("audio")}
         for m, g in groups.items():
             if not bool(g.any(1).all()):
                 raise ValueError(f"AVCD needs text, video and audio tokens in every sample; some sample has no {m} tokens")
-        layers = list(range(model.cfg.n_layers)) if self.layers is None else self.layers
+        L = model.cfg.n_layers
+        layers = list(range(L - 1)) if self.layers is None else self.layers
+        bad = [l for l in layers if not 0 <= l < L]
+        if not layers or bad:
+            raise ValueError(f"AVCD layers must be a non-empty subset of 0..{L - 1}; got {self.layers}")
         run = _AVCDRun(self, groups, layers)
 
         def rec(l):
             return lambda pattern, hook: run.record(pattern, l)
 
-        def masker(i):
-            return lambda scores, hook: run.mask_scores(i, scores)
+        def masker(i, l):
+            return lambda scores, hook: run.mask_scores(i, l, scores)
 
         orig = Branch(batch, [(f"blocks.{l}.attn.hook_pattern", rec(l)) for l in layers], "original")
-        names = [f"blocks.{l}.attn.hook_attn_scores" for l in range(model.cfg.n_layers)]
-        run.branches = [orig] + [Branch(batch, [(n, masker(i)) for n in names], f"z{i + 1}") for i in range(3)]
+        run.branches = [orig] + [Branch(batch, [(f"blocks.{l}.attn.hook_attn_scores", masker(i, l)) for l in layers], f"z{i + 1}")
+                                 for i in range(3)]
         return run
 
 
