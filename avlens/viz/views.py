@@ -710,8 +710,8 @@ def token_strip(
     narrow cells (each run labelled with its group letter and time span; hovering a cell shows
     its time stamp and chunk). Coloured by `values` (attention from a query, a patching effect,
     a sink score, MDS, ...) with a colour bar, or by group when `values` is None; a line under
-    each token always gives its group colour. The page holds O(n) data: a group code, a float16
-    time and value per token and the text of text tokens (media tokens carry none).
+    each token always gives its group colour. The page holds O(n) data: a group code, a float32
+    time stamp, a float16 value per token and the text of text tokens (media tokens carry none).
 
     Args:
         layout: a `BatchLayout` (or an `AVBatch`, whose layout is used).
@@ -753,7 +753,8 @@ def token_strip(
         "n": len(pos), "runs": _runs_of(pos), "groups": encode_array(np.array([code[labels[p]] for p in pos]), "u8"),
         "group_names": present, "group_colors": _group_colors(present), "group_letters": _group_letters(present),
         "media": media, "text": text, "query": int(query) if query is not None else None,
-        "time": encode_array(time, "f16") if bool(np.isfinite(time).any()) else None,
+        # float32: float16 would round a time stamp past 16 s by up to 8 ms (a fifth of an audio token)
+        "time": encode_array(time, "f32") if bool(np.isfinite(time).any()) else None,
         "chunk": encode_array(chunk, "i16") if bool((chunk >= 0).any()) else None,
         "values": None, "scale": None, "value_label": value_label, "max_height": int(max_height),
     }

@@ -1,0 +1,414 @@
+"""The scalable views of `avlens.viz` (group flow, drill-down, token strip, spectrogram, frame strip)
+on the shipped toy model: payload sizes (a 2,048-token sample's group flow under 2 MB, the
+drill-down growing with its window and not with the sequence, the strip O(n)), payloads decoding
+back to brute-force references computed from `run_with_cache` patterns, media geometry checked
+against the encoders' own facts (4 mel frames per audio token; the rotary row/column ids of video
+tokens), hostile token text kept as text, and no hook left behind after an error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from avlens.data import synth, tasks
+from avlens.layout import GROUP_LETTERS, BatchLayout
+from avlens.toy import load_toy, toy_available
+from avlens.viz import (
+    Report,
+    attention_drilldown,
+    attention_drilldown_from_pattern,
+    frame_strip_view,
+    group_flow_view,
+    spectrogram_view,
+    token_strip,
+)
+from avlens.viz.media_views import frames_from_pixel_values
+
+pytestmark = pytest.mark.skipif(not toy_available(), reason="the toy checkpoint avlens/toy/checkpoint is missing")
+
+HOSTILE = [
+    "</script><script>window.__avlens_pwned=1</script>",
+    "<img src=x onerror=window.__avlens_pwned=1>",
+    "</SCRIPT >&amp;<!--",
+    "line\u2028sep\u2029x",
+]
+
+
+def _b64(d: dict) -> np.ndarray:
+    """Decode a payload array independently of avlens.viz.views.decode_array."""
+    dt = {"f16": "<f2", "f32": "<f4", "u8": "u1", "i16": "<i2", "i32": "<i4"}[d["dtype"]]
+    return np.frombuffer(base64.b64decode(d["b64"]), dtype=dt).reshape(d["shape"]).astype(np.float64)
+
+
+def _prompt(n_media: int = 1) -> str:
+    body = " ".join([tasks.MEDIA_MARKER] * n_media)
+    return f"{tasks.IM_START} user {body} which object makes the sound ? {tasks.EOS_TOKEN} {tasks.IM_START} assistant"
+
+
+def _batch(model, clips):
+    return model.prepare_media([_prompt()] * len(clips), audio=[c.waveform for c in clips],
+                               video=[c.frames for c in clips], fps=synth.FPS, use_audio_in_video=True)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_toy()
+
+
+@pytest.fixture(scope="module")
+def clips():
+    # different durations, so the two samples have different group counts (and left padding)
+    return [synth.make_clip("dog", "clear", seed=1, duration=4.0), synth.make_clip("car", "clear", seed=2, duration=2.0)]
+
+
+@pytest.fixture(scope="module")
+def small(toy, clips):
+    """A 2-sample batch and its full attention patterns (brute-force references)."""
+    batch = _batch(toy, clips)
+    with torch.no_grad():
+        _, cache = toy.run_with_cache(batch, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    pats = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(toy.cfg.n_layers)], 1).double()  # [b, L, H, q, k]
+    return batch, pats
+
+
+@pytest.fixture(scope="module")
+def long_batch(toy):
+    """One sample of more than 2,048 tokens: three 24-second audio-in-video clips."""
+    cl = [synth.make_clip(c, "clear", seed=i, duration=24.0) for i, c in enumerate(["dog", "car", "bell"])]
+    b = toy.prepare_media(_prompt(3), audio=[c.waveform for c in cl], video=[c.frames for c in cl],
+                          fps=synth.FPS, use_audio_in_video=True)
+    assert b.layout.n_pos >= 2048
+    return b
+
+
+def _no_hooks(model) -> bool:
+    hps = list(model.hook_dict.values()) + list(getattr(model, "group_view_dict", {}).values())
+    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in hps)
+
+
+# ================================================================================== group flow
+
+
+def _brute_mass(pats, layout, groups):
+    """[b, L, H, G, G]: for each query group, summed attention per key group over its positions;
+    and the query counts [b, G]."""
+    b = pats.shape[0]
+    sums = torch.zeros(b, pats.shape[1], pats.shape[2], len(groups), len(groups), dtype=torch.float64)
+    counts = torch.zeros(b, len(groups), dtype=torch.float64)
+    for i in range(b):
+        for qi, qg in enumerate(groups):
+            qm = layout.mask(qg)[i]
+            counts[i, qi] = qm.sum()
+            for ki, kg in enumerate(groups):
+                km = layout.mask(kg)[i]
+                sums[i, :, :, qi, ki] = pats[i][:, :, qm][:, :, :, km].sum((-1, -2))
+    return sums, counts
+
+
+def test_group_flow_values_decode_to_brute_force_attention_mass(toy, small):
+    batch, pats = small
+    summary = toy.attention_group_summary(batch)
+    sums, counts = _brute_mass(pats, batch.layout, summary.groups)
+    assert not torch.equal(counts[0], counts[1])  # the batch mean must weigh samples
+    for sample in (0, 1):
+        view = group_flow_view(summary, sample=sample)
+        got = _b64(view.payload["values"])
+        want = (sums[sample] / counts[sample].clamp(min=1)[None, None, :, None]).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)  # float16
+        assert view.payload["groups"] == summary.groups
+    # batch mean over all query positions of each group
+    view = group_flow_view(summary)
+    want = (sums.sum(0) / counts.sum(0).clamp(min=1)[None, None, :, None]).numpy()
+    np.testing.assert_allclose(_b64(view.payload["values"]), want, atol=1e-3, rtol=1e-3)
+    assert view.payload["query_counts"] == counts.sum(0).long().tolist()
+    assert "GroupFlowView" in repr(view) and "audio" in repr(view)
+
+
+def test_group_flow_of_a_2048_token_sample_is_under_2_mb(toy, long_batch):
+    summary = toy.attention_group_summary(long_batch)
+    view = group_flow_view(summary, sample=0)
+    assert view.requires == frozenset()
+    frag = view.html()
+    assert view.payload_bytes < 2_000_000 and len(frag.encode()) < 2_000_000
+    # no bundles: the notebook fragment is the page fragment (up to its fresh element id)
+    assert re.sub(r"avl[0-9a-f]{12}", "", view._repr_html_()) == re.sub(r"avl[0-9a-f]{12}", "", frag)
+    L, H, G = toy.cfg.n_layers, toy.cfg.n_heads, len(summary.groups)
+    assert _b64(view.payload["values"]).shape == (L, H, G, G)
+    np.testing.assert_allclose(_b64(view.payload["values"]), summary.mass[0].double().numpy(), atol=1e-3, rtol=1e-3)
+    # float16 base64, not float lists: about 2 * 4/3 bytes per value plus fixed metadata
+    assert view.payload_bytes < 3 * L * H * G * G + 3000
+
+
+def test_group_flow_rejects_bad_input(small):
+    batch, _ = small
+    with pytest.raises(TypeError, match="attention_group_summary"):
+        group_flow_view(batch)
+    with pytest.raises(ValueError, match="groups"):
+        group_flow_view(torch.rand(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"\[layer, head, G, G\]"):
+        group_flow_view(torch.rand(2, 3, 4), groups=list("abcd"))
+
+
+# ================================================================================== drill-down
+
+
+def test_drilldown_window_equals_cached_pattern(toy, small):
+    batch, pats = small
+    start = int((~batch.layout.masks["pad"][1]).nonzero()[0])  # sample 1 is left-padded
+    window = [start + d for d in (0, 3, 4, 9, 12, 13, 20, 33, 40)] + [batch.layout.n_pos - 1]
+    view = attention_drilldown(toy, batch, layer=2, heads=[1, 3], window=window, sample=1)
+    got = _b64(view.payload["pattern"])
+    w = torch.tensor(window)
+    want = pats[1, 2][[1, 3]][:, w][:, :, w].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
+    assert view.payload["positions"] == window
+    assert view.payload["head_names"] == ["L2H1", "L2H3"]
+    labels = batch.layout.labels(1)
+    names = view.payload["group_names"]
+    for i, p in enumerate(window):
+        assert names[view.payload["groups"][i]] == labels[p]
+        assert view.payload["tokens"][i].startswith(GROUP_LETTERS[labels[p]] + ":")
+    assert view.requires == frozenset({"circuitsvis"})
+    assert "CircuitsVis.AttentionHeads" in view.html()
+    assert _no_hooks(toy)
+
+
+def test_drilldown_payload_grows_with_the_window_not_the_sequence(toy, clips, long_batch):
+    short = _batch(toy, clips[:1])
+    assert long_batch.layout.n_pos > 10 * short.layout.n_pos
+    a = attention_drilldown(toy, short, layer=1, window=(0, 30))
+    b = attention_drilldown(toy, long_batch, layer=1, window=(0, 30))
+    assert a.payload["tokens"] == b.payload["tokens"]
+    assert a.payload_bytes == b.payload_bytes
+    wide = attention_drilldown(toy, long_batch, layer=1, window=(0, 60))
+    assert wide.payload_bytes > 3 * b.payload_bytes  # the pattern is w^2
+    assert wide.payload_bytes < 60 * 60 * 4 * 4  # float16 base64, not float lists
+
+
+def test_hostile_token_text_stays_text():
+    n = len(HOSTILE)
+    view = attention_drilldown_from_pattern(torch.full((1, n, n), 1.0 / n), HOSTILE, ["text"] * n,
+                                            title="</script><b>title</b>")
+    strip = token_strip(BatchLayout.text_only(torch.ones(1, n)), torch.arange(n).float(), str_tokens=HOSTILE)
+    for v in (view, strip):
+        frag = v.html()
+        low = frag.lower()
+        # every '</script' on the page closes one of the view's own scripts
+        assert low.count("</script") == low.count("<script") == 1
+        assert "<img" not in low and "<!--" not in frag and "\u2028" not in frag
+        assert "&lt;/script&gt;&lt;b&gt;title" in frag or v is strip
+        # the JSON in the script parses back to exactly the original strings
+        payload = json.loads(re.search(r",P=(\{.*?\}),root=", frag).group(1))
+        assert (payload["tokens"] if v is view else payload["text"]) == HOSTILE
+    page = Report("r")
+    page.add_view(view, "hostile")
+    page.add_view(strip)
+    # parsed as a browser tokenises it: the circuitsvis bundle and the two views' scripts, each
+    # whole; no element from a token
+    tags, scripts = _parse(page.render())
+    assert "img" not in tags and len(scripts) == 3
+    assert all(s.rstrip().endswith("})();") for s in scripts[1:])
+
+
+def _parse(page: str):
+    from html.parser import HTMLParser
+
+    class P(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.scripts, self._in = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag == "script":
+                self._in = True
+                self.scripts.append("")
+
+        def handle_endtag(self, tag):
+            if tag == "script":
+                self._in = False
+
+        def handle_data(self, data):
+            if self._in:
+                self.scripts[-1] += data
+
+    p = P()
+    p.feed(page)
+    return p.tags, p.scripts
+
+
+def test_drilldown_bad_input_leaves_no_hook(toy, small, monkeypatch):
+    batch, _ = small
+    with pytest.raises(ValueError, match="layers 0..3"):
+        attention_drilldown(toy, batch, layer=7)
+    with pytest.raises(ValueError, match="heads are 0..3"):
+        attention_drilldown(toy, batch, layer=0, heads=[9])
+    with pytest.raises(ValueError, match="outside the sequence"):
+        attention_drilldown(toy, batch, layer=0, window=[5, 10_000])
+    with pytest.raises(ValueError, match="padding"):
+        attention_drilldown(toy, batch, layer=0, window=[0, 1], sample=1)  # sample 1 is left-padded
+    assert _no_hooks(toy)
+
+    # an error in the middle of the forward, after the pattern hook has fired
+    def boom(*args, **kwargs):
+        raise RuntimeError("mlp failed")
+
+    monkeypatch.setattr(toy.blocks[2].mlp, "forward", boom)
+    with pytest.raises(RuntimeError, match="mlp failed"):
+        attention_drilldown(toy, batch, layer=2, window=(10, 20))
+    assert _no_hooks(toy)
+
+
+# ================================================================================== token strip
+
+
+def test_token_strip_is_linear_in_the_sequence_and_decodes(small, long_batch):
+    sizes = {}
+    for n in (500, 4000):
+        lay = BatchLayout.text_only(torch.ones(1, n, dtype=torch.long))
+        v = torch.linspace(-1, 2, n)
+        view = token_strip(lay, v, str_tokens=["tok"] * n)
+        sizes[n] = len(view.html().encode())
+        np.testing.assert_allclose(_b64(view.payload["values"]), v.numpy(), atol=2e-3, rtol=1e-3)
+        assert view.payload["scale"]["cmap"] == "rdbu"  # both signs: diverging around 0
+    per_token = (sizes[4000] - sizes[500]) / 3500
+    assert per_token < 16, per_token  # 'tok' + value + group code + JSON punctuation
+    # a media-heavy sample: media tokens carry no text, time stamps as float32
+    lay = long_batch.layout
+    view = token_strip(lay, torch.rand(lay.n_pos))
+    assert view.payload_bytes / lay.n_pos < 20
+    np.testing.assert_allclose(_b64(view.payload["time"]), lay.time[0].numpy(), atol=1e-5, equal_nan=True)
+    # a batch layout: sample 1 is left-padded; only its real positions are shown, with its values
+    batch, pats = small
+    vals = pats[:, 3, 0, -1]  # [b, k]: attention from the last query, layer 3 head 0
+    view = token_strip(batch.layout, vals, sample=1, query=batch.layout.n_pos - 1)
+    real = (~batch.layout.masks["pad"][1]).nonzero().flatten()
+    assert view.payload["n"] == len(real) and view.payload["runs"] == [[int(real[0]), int(real[-1]) + 1]]
+    np.testing.assert_allclose(_b64(view.payload["values"]), vals[1, real].numpy(), atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match=r"one value per position"):
+        token_strip(batch.layout, torch.rand(7))
+
+
+# ================================================================================== media views
+
+
+def test_spectrogram_columns_follow_the_audio_tower_stride(toy, small, clips):
+    batch, pats = small
+    vals = pats[:, 3, 1, -1]
+    audio_pos = batch.layout.positions("audio", sample=0).tolist()
+    for max_columns, frames_per_col in ((1200, 1), (100, 4)):
+        view = spectrogram_view(batch, vals, sample=0, waveform=clips[0].waveform, max_columns=max_columns)
+        p = view.payload
+        assert p["frames_per_column"] == frames_per_col and p["positions"] == audio_pos
+        cols = _b64(p["columns"]).astype(int)
+        # the tower makes one token of every 4 mel frames (10 ms each): frame f -> token f // 4
+        frame = np.arange(len(cols)) * frames_per_col
+        want = np.where(frame // 4 < len(audio_pos), frame // 4, -1)
+        np.testing.assert_array_equal(cols, want)
+        tok_vals = _b64(p["values"])
+        np.testing.assert_allclose(tok_vals, vals[0, audio_pos].numpy(), atol=1e-5, rtol=2e-3)
+    # the image is the item's valid log-mel frames, low bins at the bottom
+    from PIL import Image
+
+    view = spectrogram_view(batch, vals, sample=0)
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(view.payload["image"].split(",", 1)[1]))))
+    n_valid = int(batch.raw["feature_attention_mask"][0].sum())
+    feats = batch.raw["input_features"][0, :, :n_valid].double().numpy()
+    want = (feats - feats.min()) / (feats.max() - feats.min()) * 255
+    assert img.shape == feats.shape
+    assert np.abs(img[::-1].astype(float) - want).max() <= 0.5 + 1e-6
+    # the audio plays the clip: 16-bit PCM of the waveform
+    view = spectrogram_view(batch, vals, sample=1, waveform=clips[1].waveform)
+    with wave.open(io.BytesIO(base64.b64decode(view.payload["audio"].split(",", 1)[1]))) as f:
+        assert f.getframerate() == 16000 and f.getnchannels() == 1
+        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
+    assert len(pcm) == len(clips[1].waveform)
+    assert np.abs(pcm / 32767 - np.clip(clips[1].waveform, -1, 1)).max() <= 1 / 32767  # 16-bit quantisation
+    assert view.payload["positions"] == batch.layout.positions("audio", sample=1).tolist()
+
+
+def test_frame_strip_cells_match_the_rotary_row_and_column(toy, small):
+    batch, pats = small
+    vals = pats[:, 3, 2, -1]
+    for sample in (0, 1):
+        view = frame_strip_view(batch, vals, sample=sample)
+        p = view.payload
+        grid_pos = _b64(p["positions"]).astype(int)
+        grid_val = _b64(p["values"])
+        vpos = batch.layout.positions("video", sample=sample)
+        pid = batch.position_ids[:, sample, vpos]  # [3, n]: TMRoPE (t, h, w) ids of the video tokens
+        steps = sorted(set(pid[0].tolist()))
+        for j, pos in enumerate(vpos.tolist()):
+            t = steps.index(int(pid[0, j]))
+            r = int(pid[1, j] - pid[1].min())
+            c = int(pid[2, j] - pid[2].min())
+            assert grid_pos[t, r, c] == pos
+            assert abs(grid_val[t, r, c] - float(vals[sample, pos])) <= 2e-3 * abs(float(vals[sample, pos])) + 1e-7
+        assert p["times"] == [float(batch.layout.time[sample, int(grid_pos[t, 0, 0])]) for t in range(len(steps))]
+        assert p["frames"] is not None and len(p["frames"]) == len(steps)
+
+
+def test_frames_rebuilt_from_pixel_values_equal_the_input_frames(toy):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(6, 56, 56, 3), dtype=np.uint8)  # the toy's frame size: no resizing
+    wave_ = synth.make_clip("dog", seed=0, duration=3.0).waveform
+    batch = toy.prepare_media(_prompt(), audio=[wave_], video=[frames], fps=synth.FPS, use_audio_in_video=True)
+    rebuilt = frames_from_pixel_values(batch.raw["pixel_values_videos"], batch.raw["video_grid_thw"], 0)
+    assert rebuilt.shape == frames.shape
+    assert np.abs(rebuilt.astype(int) - frames.astype(int)).max() <= 1
+    from PIL import Image
+
+    view = frame_strip_view(batch)
+    for t, uri in enumerate(view.payload["frames"]):
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+        assert np.abs(img.astype(int) - frames[2 * t].astype(int)).max() <= 1  # step t shows frame 2t
+
+
+def test_media_views_reject_bad_input(small):
+    batch, _ = small
+    text_only = BatchLayout.text_only(torch.ones(1, 9))
+    with pytest.raises(ValueError, match="no audio tokens"):
+        spectrogram_view(text_only)
+    with pytest.raises(ValueError, match="no audio item 3"):
+        spectrogram_view(batch, audio_index=3)
+    with pytest.raises(ValueError, match="pass features"):
+        spectrogram_view(batch.layout)
+    with pytest.raises(ValueError, match="per video token"):
+        frame_strip_view(batch, torch.rand(5))
+    with pytest.raises(ValueError, match="needs"):
+        frame_strip_view(batch, grid=(4, 8, 8))
+
+
+# ================================================================================== the contract
+
+
+def test_views_are_standalone_and_a_report_inlines_each_bundle_once(toy, small, tmp_path):
+    batch, pats = small
+    marker = "var CircuitsVis="
+    drill = attention_drilldown(toy, batch, layer=0, window=(4, 20))
+    assert marker not in drill.html()
+    assert drill._repr_html_().count(marker) == 1
+    path = drill.save(tmp_path / "drill.html")
+    assert path.read_text().count(marker) == 1 and path.read_text().startswith("<!doctype html>")
+    flow = group_flow_view(toy.attention_group_summary(batch))
+    page = Report("views")
+    page.add_view(flow, "flow")
+    page.add_view(drill)
+    page.add_view(attention_drilldown(toy, batch, layer=1, window=(4, 20)))
+    page.add_view(spectrogram_view(batch, pats[:, 0, 0, -1]), "audio")
+    page.add_view(frame_strip_view(batch, pats[:, 0, 0, -1]))
+    html = page.render()
+    assert html.count(marker) == 1 and "Plotly" not in html[:2000]
+    assert html.count("class='avlens-view") == 5
+    assert not re.search(r"(src|href)=['\"]?https?:", html)  # nothing fetched
+    with pytest.raises(ValueError, match=r"\.html"):
+        flow.save(tmp_path / "flow.png")
+    with pytest.raises(TypeError, match="add_html"):
+        page.add_view("<p>not a view</p>")
