@@ -27,6 +27,8 @@ __all__ = [
     # tutorial 1
     "test_group_mean_resid", "test_group_activation", "test_ablate_group", "test_group_attention_mass",
     "test_logit_attribution",
+    # tutorial 2
+    "test_patch_groups", "test_patch_positions", "test_restore_state", "test_knockout_prob",
 ]
 
 
@@ -203,3 +205,93 @@ def test_logit_attribution(logit_attribution: Callable) -> None:
         _close(got.sum(0), logits[last][torch.arange(len(tokens)), tokens], f"sum over components for {what} vs the logits",
                atol=1e-3)
     _passed("test_logit_attribution")
+
+
+# ------------------------------------------------------------------------------------ tutorial 2
+@lru_cache(maxsize=None)
+def _zeroed(name: str, modality: str):
+    """`toy_batch(name)` with `modality`'s raw input zeroed (the paper's corruption)."""
+    from avlens.patching import corruptions
+
+    batch, _, _ = toy_batch(name)
+    return corruptions.zero_media(toy_model(), batch, modality)
+
+
+@torch.no_grad()
+def test_patch_groups(patch_groups: Callable) -> None:
+    """Against `patching.activation_patch(..., site="resid_pre", over=("layer", "group"))` on three
+    clips, with the audio and then the video zeroed."""
+    from avlens import patching
+
+    model = toy_model()
+    batch, answers, _ = toy_batch()
+    layers, groups = [0, 2], ["audio", "video", "text", "last"]
+    for modality in ("audio", "video"):
+        corrupted = _zeroed("mc", modality)
+        expected = patching.activation_patch(model, batch, corrupted, patching.AnswerProb(answers), over=("layer", "group"),
+                                             layers=layers, groups=groups, progress=False).values.plain()
+        got = patch_groups(model, batch, corrupted, answers, layers, groups)
+        _no_hooks_left(model, "patch_groups")
+        _close(got, expected, f"patch_groups with the {modality} zeroed, layers {layers}, groups {groups} "
+                              "(vs activation_patch)")
+    _passed("test_patch_groups")
+
+
+@torch.no_grad()
+def test_patch_positions(patch_positions: Callable) -> None:
+    """Against one layer's row of `patching.activation_patch(..., over=("layer", "position"))`."""
+    from avlens import patching
+
+    model = toy_model()
+    batch, answers, _ = toy_batch()
+    clean, corrupted, answers = batch.select([0, 1]), _zeroed("mc", "audio").select([0, 1]), answers[:2]
+    expected = patching.activation_patch(model, clean, corrupted, patching.AnswerProb(answers), over=("layer", "position"),
+                                         layers=[1], progress=False).values.plain()[0]
+    got = patch_positions(model, clean, corrupted, answers, 1)
+    _no_hooks_left(model, "patch_positions")
+    _close(got, expected, "patch_positions(model, clean, corrupted, answers, layer=1) (vs activation_patch)")
+    _passed("test_patch_positions")
+
+
+@torch.no_grad()
+def test_restore_state(restore_state: Callable) -> None:
+    """Against `patching.causal_trace` (same noise: sigma, copies and seed) at single cells, per sample."""
+    from avlens import patching
+
+    model = toy_model()
+    batch, answers, _ = toy_batch()
+    sigma = 3 * patching.corruptions.embedding_std(model, batch, "audio")
+    noised = patching.corruptions.gaussian_noise(model, batch, "audio", sigma=sigma, n_copies=3, seed=7)
+    audio_pos = int(batch.layout.positions("audio", sample=0)[20])
+    question_pos = batch.shape[1] - 12
+    for layer, pos in [(0, audio_pos), (1, question_pos), (3, batch.shape[1] - 1)]:
+        trace = patching.causal_trace(model, batch, patching.AnswerProb(answers), "audio", sigma=sigma, n_copies=3, seed=7,
+                                      layers=[layer], positions=[pos], progress=False)
+        got = restore_state(model, batch, noised, answers, layer, pos)
+        _no_hooks_left(model, "restore_state")
+        _close(got, trace.per_sample[0, 0], f"restore_state at block {layer}, position {pos} (vs causal_trace, per sample)")
+    _passed("test_restore_state")
+
+
+@torch.no_grad()
+def test_knockout_prob(knockout_prob: Callable) -> None:
+    """Against `patching.attention_knockout(..., layers=...)`'s knocked-out probability (which
+    equals the Hugging Face model run with the equivalent 4-D attention mask, in its own tests)."""
+    from avlens import patching
+
+    model = toy_model()
+    batch, answers, _ = toy_batch()
+    lay = batch.layout
+    g = torch.Generator().manual_seed(3)
+    random_keys = (torch.rand(batch.shape, generator=g) < 0.3) & ~lay.mask("pad")
+    for keys, queries, layers in [("audio", "text", [0]), ("text", "last", [1, 2]), ("video", "audio", [0, 1, 2, 3])]:
+        km, qm = lay.mask(keys), lay.mask(queries)
+        ko = patching.attention_knockout(model, batch, patching.AnswerProb(answers), km, qm, layers=layers, progress=False)
+        got = knockout_prob(model, batch, answers, km, qm, layers)
+        _no_hooks_left(model, "knockout_prob")
+        _close(got, ko.extras["p_new"][0], f"knockout_prob {keys} -> {queries} in layers {layers} (vs attention_knockout)")
+    ko = patching.attention_knockout(model, batch, patching.AnswerProb(answers), random_keys, lay.mask("last"), layers=[0, 3],
+                                     progress=False)
+    _close(knockout_prob(model, batch, answers, random_keys, lay.mask("last"), [0, 3]), ko.extras["p_new"][0],
+           "knockout_prob from random keys to the last position in layers [0, 3] (vs attention_knockout)")
+    _passed("test_knockout_prob")
