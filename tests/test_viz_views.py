@@ -180,6 +180,21 @@ def test_drilldown_window_equals_cached_pattern(toy, small):
     assert _no_hooks(toy)
 
 
+def test_default_window_is_the_last_items_last_chunk_and_the_question(toy, long_batch):
+    # three audio-in-video items: chunk ids restart with each item, so the last chunk is the
+    # third item's (brute force: the media run that ends at the last media position)
+    lay = long_batch.layout
+    media = [p for p, g in enumerate(lay.labels(0)) if g in ("audio", "video")]
+    last = media[-1]
+    first = last
+    while lay.chunk[0, first - 1] == lay.chunk[0, last]:
+        first -= 1
+    view = attention_drilldown(toy, long_batch, layer=0, max_len=200)
+    real_end = int((~lay.masks["pad"][0]).nonzero()[-1])
+    assert view.payload["positions"] == list(range(first, real_end + 1))
+    assert int(lay.media_index[0, first]) == int(lay.media_index[0, last]) == 2
+
+
 def test_drilldown_payload_grows_with_the_window_not_the_sequence(toy, clips, long_batch):
     short = _batch(toy, clips[:1])
     assert long_batch.layout.n_pos > 10 * short.layout.n_pos

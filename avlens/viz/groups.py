@@ -110,8 +110,13 @@ def attention_window(layout: BatchLayout, sample: int = 0, max_len: int = 64) ->
         raise ValueError(f"sample {sample} has no real positions")
     last = int(real[-1])
     chunk = layout.chunk[sample]
-    if bool((chunk >= 0).any()):
-        start = int((chunk == chunk.max()).nonzero()[0])
+    media_pos = (chunk >= 0).nonzero().flatten()
+    if len(media_pos):
+        # the last chunk of the LAST media item (chunk ids restart with each item): walk back from
+        # the last media position while the chunk id holds
+        start = int(media_pos[-1])
+        while start > 0 and int(chunk[start - 1]) == int(chunk[start]):
+            start -= 1
     else:
         start = max(int(real[0]), last + 1 - max_len)
     pos = torch.arange(start, last + 1)

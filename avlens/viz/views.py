@@ -230,7 +230,11 @@ class View:
         uid = "avl" + uuid.uuid4().hex[:12]
         fallback = ("This view is drawn by JavaScript; it did not run (in Jupyter: trust the notebook "
                     "or re-run the cell).")
-        body = (f"(function(){{var V=window.__avlensViz,P={self.payload_json()},root=document.getElementById('{uid}');"
+        # the element is found from the script itself first: a notebook may run the script while
+        # its output is not yet attached to the document
+        body = (f"(function(){{var V=window.__avlensViz,P={self.payload_json()},root=document.getElementById('{uid}'),"
+                f"me=document.currentScript,box=me&&me.previousElementSibling;"
+                f"if(box&&box.querySelector)root=box.querySelector('#{uid}')||root;if(!root)return;"
                 f"root.textContent='';{self.render_js}}})();")
         return (
             f"<div class='avlens-view avlens-{self.kind}'><style>{VIEW_CSS}</style>"
@@ -270,7 +274,9 @@ def _group_colors(groups: Sequence[str]) -> list[str]:
 
 
 def _group_letters(groups: Sequence[str]) -> list[str]:
-    return [GROUP_LETTERS.get(g, g[:1].upper()) for g in groups]
+    """One-letter codes of the partition groups; two letters for overlays (`sink` -> `Si`, so it
+    is not read as `S` special)."""
+    return [GROUP_LETTERS.get(g) or g[:2].capitalize() for g in groups]
 
 
 # ================================================================================== group flow
@@ -418,8 +424,9 @@ c.addEventListener('mouseleave',function(){tp.hide();});});
 V.el('div',root,'av-note',P.note);
 var host=V.el('div',root);host.id=root.id+'cv';
 if(typeof CircuitsVis==='undefined'){host.textContent='The circuitsvis bundle is not on this page (show the view with its _repr_html_, or add it with Report.add_view).';}
-else{CircuitsVis.render(host.id,CircuitsVis.AttentionHeads,{attention:att,tokens:P.tokens,attentionHeadNames:P.head_names,
-maxValue:P.vmax,minValue:0,maskUpperTri:P.causal});}
+else{(function go(){if(!host.isConnected){setTimeout(go,50);return;}  // circuitsvis looks the element up in the document
+CircuitsVis.render(host.id,CircuitsVis.AttentionHeads,{attention:att,tokens:P.tokens,attentionHeadNames:P.head_names,
+maxValue:P.vmax,minValue:0,maskUpperTri:P.causal});})();}
 """
 
 
