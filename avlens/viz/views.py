@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -132,8 +131,9 @@ def value_scale(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional
 
 #: CSS shared by every view (scoped by the `avlens-view` class; written once per view, ~0.7 kB)
 VIEW_CSS = (
+    # a white card with dark text: the same on a dark notebook theme (VS Code, JupyterLab dark)
     ".avlens-view{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;font-size:12px;color:#1f2937;"
-    "position:relative;margin:10px 0;line-height:1.35}"
+    "background:#fff;padding:6px 8px;border-radius:4px;position:relative;margin:10px 0;line-height:1.35;text-align:left}"
     ".avlens-view .av-title{font-weight:600;font-size:13px;margin-bottom:4px}"
     ".avlens-view .av-note{color:#4b5563;font-size:11px}"
     ".avlens-view .av-tip{position:absolute;z-index:10;pointer-events:none;background:rgba(17,24,39,.93);color:#fff;"
@@ -363,9 +363,9 @@ def group_flow_view(
     L, H, G, _ = mass.shape
     if cell is None:
         cell = int(max(2, min(10, (1100 - 60) // max(1, (H + 1) * (G + 1)))))
-    scale = {"vmin": 0.0, "vmax": float(vmax), "cmap": "viridis"}
     if not vmax > 0:
         raise ValueError(f"vmax must be positive (the top of the mass colour scale); got {vmax}")
+    scale = {"vmin": 0.0, "vmax": float(vmax), "cmap": "viridis"}
     what = "batch mean (weighted by query positions)" if sample is None else f"sample {sample}"
     note = (f"{L} layers x {H} heads, {what}. Each small matrix: rows = query group, columns = key group "
             f"(coloured bars), value = mean over the query group's positions of the attention mass on the key group.")
