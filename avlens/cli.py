@@ -31,7 +31,7 @@ DEMO_OBJECTS = ("dog", "car", "piano", "bird", "bell", "train", "cat", "siren", 
 # how each answer column's clips were changed: the unimodal-dominance protocol zeroes one raw input
 ZEROING = {"both": None, "audio zeroed": "audio", "video zeroed": "video"}
 DEMO_STEPS = ("load model", "build clips", "prepare media", "run with cache", "answers, modalities zeroed",
-              "attention summary", "sinks and hub study", "write report")
+              "activation patching", "attention summary", "sinks and hub study", "write report")
 #: the demo's small unimodal-dominance study: clips (seed) and settings (docs/analysis.md)
 HUB_CLIPS, HUB_SEED = 24, 5
 HUB_SETTINGS = dict(definition="attention", eps=0.1, min_audio_chunks=1)
@@ -123,6 +123,8 @@ class DemoRun:
     study: object = None  # HubStudy on HUB_CLIPS clips
     seconds: float = 0.0
     halluc: object = None  # Comparison of a few mitigation methods on a one-clip toy benchmark
+    patch: object = None  # PatchResult: clip 0's clean residual stream patched into its zeroed run
+    patch_zeroed: str = ""  # the modality zeroed in the patching's corrupted run
 
 
 def run_demo(n_clips: int = 6, seed: int = 0, progress=None, hub_clips: int = HUB_CLIPS) -> DemoRun:
@@ -162,8 +164,10 @@ def run_demo(n_clips: int = 6, seed: int = 0, progress=None, hub_clips: int = HU
         for column in list(ZEROING)[1:]:
             answers[column] = answers_from_logits(model, model(batches[column]), batches[column], examples)
     done(DEMO_STEPS[5])
-    summary = model.attention_group_summary(batch)
+    patch, patch_zeroed = demo_patching(model, batches, answers, examples)
     done(DEMO_STEPS[6])
+    summary = model.attention_group_summary(batch)
+    done(DEMO_STEPS[7])
     from avlens.analysis import cross_modal_hub_study, find_sink_dims, find_sinks, toy_samples
 
     sink_dims = find_sink_dims(model, [batch])
@@ -172,9 +176,26 @@ def run_demo(n_clips: int = 6, seed: int = 0, progress=None, hub_clips: int = HU
     study = cross_modal_hub_study(model, toy_samples(model, synth.make_dataset(hub_clips, seed=HUB_SEED)), progress=False,
                                   **HUB_SETTINGS)
     halluc = demo_hallucination(model)
-    done(DEMO_STEPS[7])
+    done(DEMO_STEPS[8])
     return DemoRun(model, description, random, clips, examples, batch, logits, cache, answers, summary, sinks, study,
-                   time.time() - t0, halluc)
+                   time.time() - t0, halluc, patch, patch_zeroed)
+
+
+def demo_patching(model, batches: dict, answers: dict, examples):
+    """Activation patching on clip 0 (about a second): the clean run's residual stream
+    (`resid_pre`, every layer x position) written one cell at a time into the run with the
+    modality whose zeroing lowers p(truth) most, scored by the probability of the correct letter.
+    Returns the `PatchResult` (its `layout` set, for the strip) and the zeroed modality."""
+    from avlens.interventions.metrics import AnswerProb
+    from avlens.interventions.patching import activation_patch
+
+    drop = {m: answers["both"][0].truth_prob - answers[f"{m} zeroed"][0].truth_prob for m in ("audio", "video")}
+    zeroed = max(drop, key=drop.get)
+    clean, corrupted = batches["both"].select(0), batches[f"{zeroed} zeroed"].select(0)
+    res = activation_patch(model, clean, corrupted, AnswerProb([examples[0].answer], model), site="resid_pre",
+                           over=("layer", "position"), logits_at="last", progress=False)
+    res.layout = clean.layout
+    return res, zeroed
 
 
 DEMO_HALLUC = {"n_clips": 1, "seed": 2000, "methods": ("plain", "vcd", "avcd"), "n_boot": 200}
@@ -263,14 +284,28 @@ def _hook_table(cache) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------ report
 
 
+#: page furniture for long reports: the table of contents in columns, and a "contents" link that
+#: stays in the corner of the window, so the contents are one click away anywhere on the page
+TOC_HTML = (
+    "<style>ol.toc{columns:3 16em;column-gap:2em;background:#f9fafb;border:1px solid #e5e7eb;border-radius:6px;"
+    "padding:.6em 1em .6em 2.4em}ol.toc li{break-inside:avoid}"
+    "a.avlens-top{position:fixed;right:1em;bottom:1em;background:#fff;border:1px solid #d1d5db;border-radius:4px;"
+    "padding:2px 9px;font-size:13px;text-decoration:none;box-shadow:0 1px 3px rgba(0,0,0,.15);z-index:10}"
+    "section{scroll-margin-top:.5em}</style>"
+    "<a class='avlens-top' href='#' title='back to the table of contents'>&uarr; contents</a>"
+)
+
+
 def build_demo_report(run: DemoRun):
-    """The demo's `avlens.viz.Report`: summary, token layout, answers, an attention window,
-    attention between groups, the model card and the hook points."""
+    """The demo's `avlens.viz.Report`: one section per view, each linked from the table of
+    contents: summary, token layout, answers, the group-flow view, an attention drill-down, the
+    answer's attention as a token strip, on the spectrogram and on the frames, activation
+    patching, sinks, the hub study, hallucination mitigation, the model card and the hooks."""
     from avlens.viz import Report
 
     report = Report(
         "avlens demo",
-        intro=f"<p>avlens on {html.escape(run.description)}.</p>",
+        intro=f"<p>avlens on {html.escape(run.description)}.</p>{TOC_HTML}",
         banner=("This report was made with a tiny RANDOM model (the toy checkpoint folder avlens/toy/checkpoint/ is missing): every answer "
                 "and attention pattern below is noise. The page shows what avlens computes, not what a model "
                 "learned.") if run.random else None,
@@ -278,9 +313,12 @@ def build_demo_report(run: DemoRun):
     _summary_section(report, run)
     _layout_section(report, run)
     _answers_section(report, run)
-    _attention_section(report, run)
     _flow_section(report, run)
+    _attention_section(report, run)
+    _answer_attention_sections(report, run)
+    _patching_section(report, run)
     _hub_section(report, run)
+    _study_section(report, run)
     _hallucination_section(report, run)
     _model_card_section(report, run)
     _hooks_section(report, run)
@@ -366,12 +404,15 @@ def _media_layer(run: DemoRun, sample: int) -> tuple[int, list[float]]:
 
 
 def _attention_section(report, run: DemoRun, sample: int = 0) -> None:
-    from avlens.viz import attention_heatmap, attention_window, group_token_labels
+    """A drill-down (circuitsvis over a window of positions) of the layer that looks at media
+    most, and the head-mean pattern as a heatmap with group bands."""
+    from avlens.viz import attention_drilldown_from_pattern, attention_heatmap, attention_window
+    from avlens.viz.views import window_labels
 
     lay = run.batch.layout
     layer, shares = _media_layer(run, sample)
     pos = attention_window(lay, sample)
-    labels = group_token_labels(lay, sample, pos.tolist(), run.model.to_str_tokens(run.batch, sample))
+    labels = window_labels(lay, sample, pos.tolist(), run.model.to_str_tokens(run.batch, sample))
     groups = [lay.labels(sample)[p] for p in pos.tolist()]
     pattern = run.cache[f"blocks.{layer}.attn.hook_pattern"][sample].float().cpu()  # [head, q, k]
     window = pattern[:, pos][:, :, pos]
@@ -387,23 +428,106 @@ def _attention_section(report, run: DemoRun, sample: int = 0) -> None:
         + (f" (audio thinned to {groups.count('audio')} of its {n_audio}, evenly spaced)" if thinned else "")
         + ", then the question and the answer position. Labels start with the token's group (A audio, V video, "
         "T text, S special; media tokens show their time stamp). Values are the model's attention weights; "
-        "weight on positions outside the window is not shown, so rows need not sum to 1.", "note")
-    report.add_attention(labels, window, head_names=[f"L{layer}H{h}" for h in range(window.shape[0])],
-                         caption="Per head (circuitsvis): hover a token to see where it attends.")
+        "weight on positions outside the window is not shown, so rows need not sum to 1. The drill-down's data grow "
+        "with the window, not with the sequence (avlens.viz.attention_drilldown).", "note")
+    report.add_view(attention_drilldown_from_pattern(
+        window, labels, groups, head_names=[f"L{layer}H{h}" for h in range(window.shape[0])], positions=pos.tolist(),
+        title=f"Layer {layer}, every head, {len(pos)} positions (circuitsvis AttentionHeads): click a head, hover a token"))
     report.add_plotly(attention_heatmap(window.mean(0), labels, groups,
                                         f"layer {layer}, mean over heads; bands: token group of key (top) and query (right)"))
 
 
 def _flow_section(report, run: DemoRun) -> None:
-    from avlens.viz import group_flow_figure
+    from avlens.viz import group_flow_view
 
     report.add_section("Attention between token groups", id="flow")
     report.add_text(
-        "Mean attention mass from each query group (rows) to each key group (columns), per layer, heads and "
-        "clips averaged; computed inside one forward pass by model.attention_group_summary(batch), "
-        "without keeping full patterns.", "note")
-    s = run.summary
-    report.add_plotly(group_flow_figure(s.values.mean(1), s.groups, "attention mass, query group -> key group"))
+        "Attention mass from each query group (rows of each small matrix) to each key group (columns), for every "
+        "layer and head, with a column averaging the heads and a row averaging the layers; computed inside one "
+        "forward pass by model.attention_group_summary(batch), without keeping full patterns, so its data do not "
+        "grow with the sequence (L x H x G x G numbers). Hover a head for its numbers.", "note")
+    report.add_view(group_flow_view(run.summary, title=f"Group flow, {len(run.clips)} clips (batch mean)"))
+
+
+def _answer_attention(run: DemoRun, sample: int = 0) -> tuple[int, int, torch.Tensor]:
+    """The media layer, the answer (query) position and the head-mean attention it pays to every
+    position of the sample: `[pos]`."""
+    layer, _ = _media_layer(run, sample)
+    q = int(run.batch.layout.positions("last", sample=sample)[0])
+    att = run.cache[f"blocks.{layer}.attn.hook_pattern"][sample, :, q].float().mean(0).cpu()
+    return layer, q, att
+
+
+def _answer_attention_sections(report, run: DemoRun, sample: int = 0) -> None:
+    """The answer position's attention (media layer, heads averaged) over clip 0 as a token strip,
+    on the audio's spectrogram (playable) and on the video frames' patch grids."""
+    from avlens.viz import frame_strip_view, spectrogram_view, token_strip
+
+    layer, q, att = _answer_attention(run, sample)
+    clip = run.clips[sample]
+    what = f"attention from the answer (layer {layer}, mean over heads)"
+    report.add_section("Attention from the answer: token strip", id="answer-strip")
+    report.add_text(
+        f"Clip {_clip_name(sample, run.examples[sample])}: every token of the sequence, coloured by the attention the "
+        f"answer position ({q}, outlined) pays to it at layer {layer}, heads averaged. Media tokens are narrow cells, "
+        "each run labelled with its group letter and time span; text tokens show their text. Hover a token for its "
+        "position, time and value. The strip holds one value per token (avlens.viz.token_strip).", "note")
+    report.add_view(token_strip(run.batch.layout, att, sample=sample, query=q, value_label=what,
+                                str_tokens=run.model.to_str_tokens(run.batch, sample),
+                                title=f"Clip {_clip_name(sample, run.examples[sample])}: {what}"))
+    report.add_section("Attention from the answer: audio on the spectrogram", id="answer-audio")
+    report.add_text(
+        "The same attention over the clip's audio tokens (one per 40 ms), drawn on the clip's log-mel spectrogram "
+        "time axis; play the clip to follow the playhead (the audio is in the page).", "note")
+    report.add_view(spectrogram_view(run.batch, att, sample=sample, waveform=clip.waveform,
+                                     sampling_rate=clip.sampling_rate, value_label=what,
+                                     title=f"Clip {_clip_name(sample, run.examples[sample])}: audio tokens"))
+    report.add_section("Attention from the answer: video frames", id="answer-video")
+    report.add_text(
+        "The same attention over the clip's video tokens, as heat on each temporal step's grid of merged patches "
+        "(2 x 2 patches of 14 pixels per token), over the step's first frame.", "note")
+    report.add_view(frame_strip_view(run.batch, att, sample=sample, frames=clip.frames, value_label=what,
+                                     title=f"Clip {_clip_name(sample, run.examples[sample])}: video tokens"))
+
+
+def _patching_section(report, run: DemoRun) -> None:
+    """Clip 0's activation patching: the layer x position heatmap (group bands), the effect of
+    the first layer as a token strip and on the zeroed modality's media view."""
+    from avlens.viz import frame_strip_view, spectrogram_view
+
+    res = run.patch
+    report.add_section("Activation patching", id="patching")
+    if res is None:
+        report.add_text("Not computed.")
+        return
+    base = float(res.base.float().mean())
+    src = float(res.source.float().mean()) if res.source is not None else float("nan")
+    ex = run.examples[0]
+    s = res.stats
+    report.add_text(
+        f"Clip {_clip_name(0, ex)}: the clean run's residual stream entering each layer (resid_pre), one layer x "
+        f"position cell at a time, written into the run with the {run.patch_zeroed} zeroed (the modality whose "
+        f"zeroing lowers p(truth) most). The metric is p({ex.answer}), the correct letter: {base:.3f} in the "
+        f"{run.patch_zeroed}-zeroed run, {src:.3f} in the clean run. {s.n_cells} cells, {s.n_skipped} that cannot "
+        f"change anything skipped, {s.n_forwards} forward passes, {s.seconds:.1f} s "
+        "(avlens.patching.activation_patch; result.plot() draws this heatmap, with a labelled band per run of "
+        "same-group positions).", "note")
+    report.add_plotly(res.plot())
+    media = res.values.plain()[:, torch.tensor([g in ("audio", "video") for g in res.position_groups])]
+    layer = int((media - base).abs().amax(1).argmax()) if media.numel() else 0
+    effect = res.values.plain()[layer].float() - base
+    what = f"p({ex.answer}) - {base:.3f}, patching layer {layer}"
+    report.add_view(res.plot(kind="strip", layer=layer, title=f"Effect of patching one position at layer {layer} "
+                                                                "(result.plot(kind='strip', layer=...))"))
+    full = torch.full((run.batch.shape[1],), float("nan"))
+    full[: effect.shape[0]] = effect
+    clip = run.clips[0]
+    if run.patch_zeroed == "audio":
+        report.add_view(spectrogram_view(run.batch, full, sample=0, waveform=clip.waveform, sampling_rate=clip.sampling_rate,
+                                         value_label=what, center=0.0, title=f"Patching effect on the audio tokens (layer {layer})"))
+    else:
+        report.add_view(frame_strip_view(run.batch, full, sample=0, frames=clip.frames, value_label=what, center=0.0,
+                                         title=f"Patching effect on the video tokens (layer {layer})"))
 
 
 def eval_results(settings: dict) -> Optional[dict]:
@@ -424,9 +548,9 @@ def _dims_sentence(d) -> str:
 
 
 def _hub_section(report, run: DemoRun) -> None:
-    """Sink tokens of clip 0 and the small unimodal-dominance study (METHODS.md sections 1-5)."""
+    """Sink tokens of clip 0 (METHODS.md section 1): the layer x position map and the strip."""
     report.add_section("Cross-modal sinks", id="hubs")
-    rep, st = run.sinks, run.study
+    rep = run.sinks
     fb = rep.found_by(0)
     labels = run.batch.layout.labels(0)
     report.add_text(
@@ -435,11 +559,18 @@ def _hub_section(report, run: DemoRun) -> None:
         f"1/{run.batch.shape[1]}). find_sink_dims on these clips: {_dims_sentence(rep.sink_dims)} Sinks at any layer: "
         + (", ".join(f"{p} ({labels[p]})" for p in fb["attention"]) or "none") + ".")
     report.add_plotly(rep.plot(0, definition="attention"))
-    report.add_html("<h3>Unimodal-dominance study</h3>")
+    report.add_view(rep.plot(0, definition="attention", kind="strip",
+                             title="Sink score of every token (largest over layers): report.plot(kind='strip')"))
+
+
+def _study_section(report, run: DemoRun) -> None:
+    """The small unimodal-dominance study (METHODS.md sections 2-5)."""
+    st = run.study
+    report.add_section("Unimodal-dominance study", id="study")
     report.add_text(
         f"avlens.analysis.cross_modal_hub_study on {len(st.records)} synthetic clips (make_dataset seed {HUB_SEED}), settings "
-        f"{HUB_SETTINGS}: {st!r}. IE x 100 per token set of the non-dominant modality, mean and 95 % bootstrap CI "
-        "(docs/analysis.md has the full 360-clip run and what it means).", "note")
+        f"{HUB_SETTINGS}: {repr(st).splitlines()[0]}. IE x 100 per token set of the non-dominant modality, mean and 95 % "
+        "bootstrap CI (docs/analysis.md has the full 360-clip run and what it means).", "note")
     t = st.table()
     if len(t):
         rows = [(r.dominant, r.token_set, r.n, f"{r.set_size:.1f}", f"{r.ie_clean:.2f} [{r.ie_clean_lo:.2f}, {r.ie_clean_hi:.2f}]",
@@ -536,22 +667,153 @@ def hub_study(out: str, n_clips: int = 360, seed: int = 1000, definition: str = 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     model = load_toy()
-    samples = toy_samples(model, synth.make_dataset(n_clips, seed=seed))
+    clips = synth.make_dataset(n_clips, seed=seed)
+    samples = toy_samples(model, clips)
     st = cross_modal_hub_study(model, samples, definition=definition, eps=eps, min_audio_chunks=min_audio_chunks,
                                answer_steps=answer_steps, records=str(root / "records.jsonl"))
     table = st.table()
     table.to_csv(root / "table.csv", index=False)
-    report = Report("avlens hub study", intro=f"<p>{html.escape(repr(st))}; settings {html.escape(str(st.settings))}</p>")
-    report.add_section("Token-set causal tracing", id="table")
-    report.add_table(list(table.columns), [[f"{v:.3f}" if isinstance(v, float) else v for v in row] for row in table.itertuples(index=False)])
-    report.add_plotly(st.plot())
-    report.add_section("Skipped samples", id="skipped")
-    report.add_table(["reason", "samples"], sorted(st.skip_reasons().items()))
+    report = hub_study_report(st, samples, clips)
     path = report.write(str(root))
     print(st)
     print(table.round(3).to_string(index=False))
     print(f"records {root / 'records.jsonl'}, table {root / 'table.csv'}, report {path}")
     return path
+
+
+def hub_study_report(st, samples=None, clips=None):
+    """The hub study's offline page: the table and its figure, the sinks of the first kept sample
+    (their modality dominance on a token strip and on that modality's media view, with the
+    cross-modal / unimodal split outlined) when `samples` (the `StudySample`s, in study order;
+    `clips` their synthetic clips, for the audio player and the frames) are given, and the skip
+    reasons."""
+    from avlens.viz import Report
+
+    head = repr(st).splitlines()[0]
+    report = Report("avlens hub study", intro=f"<p>{html.escape(head)}; settings {html.escape(str(st.settings))}</p>{TOC_HTML}")
+    table = st.table()
+    report.add_section("Token-set causal tracing", id="table")
+    report.add_text("IE_clean and IE_corrupt x 100 per dominant modality and token set of the non-dominant modality "
+                    "(mean and 95 % bootstrap CI over samples; METHODS.md section 5).", "note")
+    report.add_table(list(table.columns), [[f"{v:.3f}" if isinstance(v, float) else v for v in row] for row in table.itertuples(index=False)])
+    if len(table):
+        report.add_plotly(st.plot())
+    samples = list(samples or [])
+    index = {str(s.id): i for i, s in enumerate(samples)}
+    kept = next((r for r in st.kept if str(r["id"]) in index), None)
+    if kept is not None:
+        i = index[str(kept["id"])]
+        _hub_sample_section(report, kept, samples[i], clips[i] if clips is not None and i < len(clips) else None)
+    report.add_section("Skipped samples", id="skipped")
+    report.add_table(["reason", "samples"], sorted(st.skip_reasons().items()))
+    return report
+
+
+def _hub_sample_section(report, rec: dict, sample, clip=None) -> None:
+    """One kept sample: the modality dominance score of its non-dominant modality's sinks on a
+    token strip (cross-modal and unimodal sinks outlined as groups) and on the media view."""
+    from avlens.viz import frame_strip_view, spectrogram_view, token_strip
+
+    batch = sample.batch
+    other = "video" if rec["dominant"] == "audio" else "audio"
+    lay = batch.layout
+    for name in ("cross_modal_sink", "unimodal_sink"):
+        if rec.get(name):
+            lay = lay.with_group(name, rec[name])
+    mds = torch.full((lay.n_pos,), float("nan"))
+    mds[torch.tensor(rec["sinks"], dtype=torch.long)] = torch.tensor(rec["mds"], dtype=torch.float32)
+    report.add_section(f"Sinks of one sample ({rec['id']})", id="sample")
+    report.add_text(
+        f"Sample {rec['id']}: {rec['dominant']}-dominant (answers with both modalities, audio only, video only: "
+        f"{rec['y']['av']}, {rec['y']['a']}, {rec['y']['v']}), so the sinks come from the {other} tokens: "
+        f"{len(rec['sinks'])} global sinks, coloured by their layer-mean modality dominance score (+1: attended by video "
+        "queries, -1: by audio queries; other tokens grey). The cross-modal / unimodal median split is outlined.", "note")
+    report.add_view(token_strip(lay, mds, sample=0, value_label="MDS (layer mean)", center=0.0,
+                                title=f"Sample {rec['id']}: modality dominance of the {other} sinks"))
+    if other == "audio":
+        report.add_view(spectrogram_view(batch, mds, sample=0, value_label="MDS (layer mean)", center=0.0,
+                                         waveform=getattr(clip, "waveform", None), sampling_rate=getattr(clip, "sampling_rate", 16000),
+                                         title="The audio sinks on the spectrogram"))
+    else:
+        report.add_view(frame_strip_view(batch, mds, sample=0, value_label="MDS (layer mean)", center=0.0,
+                                         frames=getattr(clip, "frames", None), title="The video sinks on the frames"))
+
+
+def hallucination_report(res, out, title: str = "avlens hallucination", n_predictions: int = 12, model=None,
+                         bench: Optional[str] = None) -> Path:
+    """Write `out/index.html`: the comparison table (95 % bootstrap intervals), the first
+    `n_predictions` predictions of every method side by side, the skipped media and, with the
+    `model` and a toy `bench` folder, where the model looks when it answers the first yes/no
+    probe (token strip, spectrogram, frames)."""
+    from avlens.viz import Report, table_from_markdown
+
+    n = len(res.table)
+    report = Report(title, intro=f"<p>{n} mitigation method{'s' if n != 1 else ''} decoded from the same prompts "
+                                 f"(docs/hallucination.md).</p>{TOC_HTML}")
+    report.add_section("Methods compared", id="table")
+    report.add_html(table_from_markdown(res.markdown()))
+    report.add_section("Predictions", id="predictions")
+    names = [m for m, recs in res.predictions.items() if recs]
+    if names:
+        first = res.predictions[names[0]][:n_predictions]
+        rows = []
+        for i, r in enumerate(first):
+            q = r.get("text") if r.get("kind") == "yes_no" else r.get("prompt")
+            row = [r.get("video_id", ""), r.get("kind", ""), q or "", r.get("label", "")]
+            row += [res.predictions[m][i]["pred"] if i < len(res.predictions[m]) else "" for m in names]
+            rows.append(row)
+        report.add_text(f"The first {len(first)} items of {len(res.predictions[names[0]])}; every prediction is in "
+                        "predictions_<method>.jsonl.", "note")
+        report.add_table(["video", "kind", "question / prompt", "label"] + names, rows)
+    else:
+        report.add_text("No method produced predictions.")
+    if model is not None and bench is not None:
+        _probe_sections(report, model, bench)
+    report.add_section("Skipped media", id="skipped")
+    if res.skipped:
+        report.add_table(["video", "reason"], [[s.get("video_id"), s.get("reason")] for s in res.skipped])
+    else:
+        report.add_text("None.")
+    return report.write(out)
+
+
+def _probe_sections(report, model, bench: str) -> None:
+    """The first yes/no probe of a toy benchmark, run once with plain decoding's prompt: the
+    attention its answer position pays to every token (the layer that looks at media most,
+    heads averaged) as a token strip, on the spectrogram and on the frames."""
+    import os
+
+    from avlens.analysis.hallucination import AVH_YES_NO_TASKS, read_records
+    from avlens.data.halluc_bench import ToyMedia
+    from avlens.mitigation.compare import toy_prompt
+    from avlens.viz import frame_strip_view, spectrogram_view, token_strip
+
+    if not os.path.exists(os.path.join(bench, "clips.json")):
+        return
+    probes = [r for r in read_records(os.path.join(bench, "avhbench.json")) if r["task"] in AVH_YES_NO_TASKS]
+    if not probes:
+        return
+    r = probes[0]
+    wave, frames, fps = ToyMedia(bench)(r["video_id"])
+    batch = model.prepare_media(toy_prompt(r["text"]), audio=wave, video=frames, fps=fps, use_audio_in_video=True)
+    lay = batch.layout
+    q = int(lay.positions("last", sample=0)[0])
+    media = (lay.mask("audio")[0] | lay.mask("video")[0]).cpu()
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch, names_filter=lambda name: name.startswith("blocks.") and name.endswith("attn.hook_pattern"))
+    rows = {n: cache[n][0, :, q].float().mean(0).cpu() for n in cache.keys()}  # [key], heads averaged
+    shares = {n: float(v[media].sum()) for n, v in rows.items()}
+    name = max(shares, key=shares.get)
+    layer, att = int(name.split(".")[1]), rows[name]
+    what = f"attention from the answer (layer {layer}, mean over heads)"
+    label = f"{r['video_id']}: \"{r['text']}\" (label {r.get('label')})"
+    report.add_section("Where the model looks: first probe", id="probe")
+    report.add_text(f"Probe {label}, plain prompt. Layer {layer} is the layer whose answer position puts the most "
+                    f"attention on media ({shares[name]:.2f}); every token coloured by that attention.", "note")
+    report.add_view(token_strip(lay, att, sample=0, query=q, value_label=what, str_tokens=model.to_str_tokens(batch, 0),
+                                title=f"Probe {r['video_id']}: {what}"))
+    report.add_view(spectrogram_view(batch, att, sample=0, waveform=wave, value_label=what, title="The audio tokens"))
+    report.add_view(frame_strip_view(batch, att, sample=0, frames=frames, value_label=what, title="The video tokens"))
 
 
 def _positive(text: str) -> int:
@@ -659,7 +921,9 @@ def hallucination(out: str, n_clips: int, seed: int, methods: Optional[str], par
         for s in res.skipped:
             print(f"  skipped {s['video_id']}: {s['reason']}")
     (Path(out) / "table.md").write_text(res.markdown() + "\n")
+    page = hallucination_report(res, out, model=model, bench=bench if bench_dir is None else None)
     print(res.markdown())
+    print(f"report {page}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def test_demo_report_has_every_section(demo_page):
     for sid, title in SECTIONS.items():
         assert f"<section id='{sid}'><h2>{title}</h2>" in demo_page, sid
     assert "0: dog / clear" in demo_page and "1: car / audio_ambiguous" in demo_page  # the clips
-    assert "CircuitsVis.render(" in demo_page and "CircuitsVis.AttentionPatterns" in demo_page
+    assert "CircuitsVis.render(" in demo_page and "CircuitsVis.AttentionHeads" in demo_page  # the drill-down view
     assert demo_page.count("Plotly.newPlot(") == 3  # attention heatmap, group flow, sink map
     assert "blocks.{l}.hook_resid_post" in demo_page
     section = demo_page[demo_page.index("<section id='hallucination'>"):demo_page.index("<section id='model-card'>")]

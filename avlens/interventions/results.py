@@ -327,7 +327,9 @@ class PatchResult:
         from avlens.viz import token_strip
 
         sel = ", ".join(f"{d} {lab}" for d, lab in labels.items())
-        return token_strip(layout, full, sample=sample,
+        shown = pos.tolist() if len(pos) < int((~layout.masks["pad"][sample]).sum()) else None
+        return token_strip(layout, full, sample=sample, positions=shown, value_label=self.metric,
+                           center=None if self.base is None else float(self._mean(self.base)),
                            title=title if title is not None else self._title() + (f" ({sel})" if sel else ""))
 
     def _title(self) -> str:

@@ -82,7 +82,8 @@ def grid_heatmap(
     titles = [f"{facet_title} {facet_labels[i]}".strip() for i in range(n_f)] if facet_labels is not None else None
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles if n_f > 1 else None,
                         horizontal_spacing=0.06, vertical_spacing=0.14 if rows > 1 else 0.1)
-    scale = dict(colorscale="RdBu", cmid=float(center)) if center is not None else dict(colorscale="Viridis")
+    # diverging around `center` with high values red, as avlens's views and reprs draw them
+    scale = dict(colorscale="RdBu_r", cmid=float(center)) if center is not None else dict(colorscale="Viridis")
     x = list(range(len(col_labels)))
     text = [[f"{row_title} {r}<br>{col_title} {c}" for c in col_labels] for r in row_labels]
     for f in range(n_f):

@@ -31,10 +31,10 @@ MAX_BLOCKS = 256
 #: most heatmap columns; wider grids are averaged into this many column buckets
 MAX_COLS = 2048
 
-# viridis (sequential) and a red-white-blue diverging scale (low red, high blue: plotly's "RdBu",
-# which the results' .plot() uses), as anchor colours interpolated linearly
+# viridis (sequential) and a blue-white-red diverging scale (low blue, high red: the views' "rdbu"
+# and plotly's "RdBu_r", which the results' .plot() use), as anchor colours interpolated linearly
 _VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"]
-_DIVERGING = ["#67001f", "#b2182b", "#d6604d", "#f4a582", "#f7f7f7", "#92c5de", "#4393c3", "#2166ac", "#053061"]
+_DIVERGING = ["#053061", "#2166ac", "#4393c3", "#92c5de", "#f7f7f7", "#f4a582", "#d6604d", "#b2182b", "#67001f"]
 _NAN_RGB = (229, 231, 235)
 
 _CSS = (
@@ -204,7 +204,7 @@ def _hex(c: str) -> tuple[int, int, int]:
 
 def colorize(x: np.ndarray, scale: str = "viridis") -> np.ndarray:
     """RGB uint8 `[..., 3]` for values in [0, 1] (NaN: light grey) on the sequential viridis or
-    the red-white-blue diverging scale."""
+    the blue-white-red diverging scale."""
     anchors = np.array([_hex(c) for c in (_VIRIDIS if scale == "viridis" else _DIVERGING)], dtype=np.float64)
     k = len(anchors) - 1
     nan = np.isnan(x)
@@ -253,7 +253,7 @@ def heatmap(values, row_labels: Sequence, row_title: str, col_groups: Optional[S
     """A `[rows, cols]` heatmap as one PNG (a pixel per cell, at most `MAX_COLS` columns, wider
     grids averaged), with row labels, a colour bar, and when `col_groups` is given a run strip of
     the columns' token groups under it. `marked` (bool, same shape) cells are painted
-    `mark_color`. With `center` the scale diverges (red below, blue above). `col_labels` name
+    `mark_color`. With `center` the scale diverges (blue below, red above). `col_labels` name
     the first and last columns under the image (default 0 and n - 1)."""
     z = np.asarray(values.detach().float().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     if z.ndim == 1:
