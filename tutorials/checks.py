@@ -29,6 +29,9 @@ __all__ = [
     "test_logit_attribution",
     # tutorial 2
     "test_patch_groups", "test_patch_positions", "test_restore_state", "test_knockout_prob",
+    # tutorial 3
+    "test_max_ratio_to_median", "test_hidden_sink_scores", "test_attention_from_later", "test_global_sinks",
+    "test_modality_dominance_score", "test_token_set_ie",
 ]
 
 
@@ -295,3 +298,175 @@ def test_knockout_prob(knockout_prob: Callable) -> None:
     _close(knockout_prob(model, batch, answers, random_keys, lay.mask("last"), [0, 3]), ko.extras["p_new"][0],
            "knockout_prob from random keys to the last position in layers [0, 3] (vs attention_knockout)")
     _passed("test_knockout_prob")
+
+
+# ------------------------------------------------------------------------------------ tutorial 3
+def _left_padded_valid() -> Tensor:
+    """A `[3, 9]` real-token mask with left padding of 0, 2 and 5 positions."""
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[1, :2] = False
+    valid[2, :5] = False
+    return valid
+
+
+@torch.no_grad()
+def test_max_ratio_to_median(max_ratio_to_median: Callable) -> None:
+    """Random states with padding and a planted large value against a loop over samples, tokens and
+    dims; then the toy's residual streams against `analysis.find_sink_dims(...).max_ratio`."""
+    from avlens import analysis
+
+    g = torch.Generator().manual_seed(4)
+    resid = torch.randn(3, 9, 6, generator=g)
+    valid = _left_padded_valid()
+    resid[1, 0, 2] = 1e4  # at padding: must not count
+    resid[2, 7, 4] = -300.0
+    expected = torch.zeros(6)
+    for s in range(3):
+        real = [p for p in range(9) if valid[s, p]]
+        med = torch.stack([resid[s, p].abs() for p in real]).median()
+        for p in real:
+            for d in range(6):
+                expected[d] = max(expected[d], float(resid[s, p, d].abs() / med))
+    _close(max_ratio_to_median(resid, valid), expected, "random resid [3, 9, 6], left padding, a planted -300")
+
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    dims = analysis.find_sink_dims(model, [batch])
+    for layer in range(model.cfg.n_layers):
+        _close(max_ratio_to_median(cache[f"blocks.{layer}.hook_resid_pre"], batch.attention_mask.bool()), dims.max_ratio[layer],
+               f"toy model, block {layer} (vs find_sink_dims(...).max_ratio)")
+    _passed("test_max_ratio_to_median")
+
+
+@torch.no_grad()
+def test_hidden_sink_scores(hidden_sink_scores: Callable) -> None:
+    """A loop over tokens on random states; then the toy against `analysis.find_sinks(...).hidden_scores`."""
+    from avlens import analysis
+
+    g = torch.Generator().manual_seed(5)
+    resid = torch.randn(2, 5, 8, generator=g) * 3
+    dims = [1, 6]
+    expected = torch.zeros(2, 5)
+    for b in range(2):
+        for p in range(5):
+            x = resid[b, p]
+            rms = float((x.pow(2).mean() + 1e-6).sqrt())
+            expected[b, p] = max(abs(float(x[d]) / rms) for d in dims)
+    _close(hidden_sink_scores(resid, dims), expected, "random resid [2, 5, 8], dims [1, 6]")
+
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    dims = [3, 50, 86]
+    rep = analysis.find_sinks(model, batch, dims=dims, tau=5.0)
+    for layer in range(model.cfg.n_layers):
+        _close(hidden_sink_scores(cache[f"blocks.{layer}.hook_resid_pre"], dims), rep.hidden_scores[:, layer],
+               f"toy model, block {layer}, dims {dims} (vs find_sinks(...).hidden_scores)")
+    _passed("test_hidden_sink_scores")
+
+
+@torch.no_grad()
+def test_attention_from_later(attention_from_later: Callable) -> None:
+    """Random causal patterns with left padding against a loop; then the toy against
+    `analysis.find_sinks(...).attention_scores` (computed in a streaming pass)."""
+    from avlens import analysis
+
+    g = torch.Generator().manual_seed(6)
+    valid = _left_padded_valid()
+    b, h, n = 3, 2, 9
+    allowed = valid[:, None, None, :] & (torch.arange(n)[None, :] <= torch.arange(n)[:, None])[None, None]
+    scores = torch.randn(b, h, n, n, generator=g).masked_fill(~allowed, float("-inf"))
+    pattern = torch.nan_to_num(scores.softmax(-1))  # padding query rows: all zero
+    expected = torch.zeros(b, h, n)
+    for s in range(b):
+        for hd in range(h):
+            for k in range(n):
+                qs = [q for q in range(k + 1, n) if valid[s, q]]
+                if qs and valid[s, k]:
+                    expected[s, hd, k] = sum(float(pattern[s, hd, q, k]) for q in qs) / len(qs)
+    _close(attention_from_later(pattern, valid), expected, "random causal pattern [3, 2, 9, 9] with left padding")
+
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))
+    rep = analysis.find_sinks(model, batch, dims=[], eps=0.1)
+    for layer in range(model.cfg.n_layers):
+        _close(attention_from_later(cache[f"blocks.{layer}.attn.hook_pattern"], batch.attention_mask.bool()),
+               rep.attention_scores[:, layer], f"toy model, block {layer} (vs find_sinks(...).attention_scores)")
+    _passed("test_attention_from_later")
+
+
+def test_global_sinks(global_sinks: Callable) -> None:
+    """A hand-worked case with ties against the official rule (`global_sinks_from_layers`, media
+    only); then the toy's attention sinks against `SinkReport.global_sinks`."""
+    from avlens import analysis
+
+    per_layer = [[4, 9], [2, 4, 9], [1, 2, 4, 7, 9]]  # counts: 4 x3, 9 x3, 2 x2, 1 x1, 7 x1 (first seen in that order)
+    labels = ["text", "audio", "video", "text", "audio", "audio", "video", "video", "text", "video", "text", "text"]
+    sink_map = torch.zeros(3, len(labels), dtype=torch.bool)
+    for l, ps in enumerate(per_layer):
+        sink_map[l, ps] = True
+    for N in (2, 4, 6):
+        top = analysis.global_sinks_from_layers(per_layer, len(labels), N)
+        expected = [p for p in top if labels[p] in ("audio", "video")]
+        got = global_sinks(sink_map, labels, N)
+        if list(got) != expected:
+            raise AssertionError(f"hand-worked case with N={N}: expected {expected} (most frequent first, ties in first-seen "
+                                 f"order, media only), got {list(got)}")
+
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    rep = analysis.find_sinks(model, batch, dims=[], eps=0.1)
+    for s in range(batch.batch_size):
+        expected = rep.global_sinks(N=2, sample=s, definition="attention")
+        got = global_sinks(rep.attention_is_sink[s], batch.layout.labels(s), 2)
+        if list(got) != list(expected):
+            raise AssertionError(f"toy model, sample {s}: expected {expected} (SinkReport.global_sinks), got {list(got)}")
+    _passed("test_global_sinks")
+
+
+@torch.no_grad()
+def test_modality_dominance_score(modality_dominance_score: Callable) -> None:
+    """Against `analysis.modality_dominance` (streaming, inside the forward pass) per layer and
+    sample, for video, audio and text positions, including ones with no later video queries."""
+    from avlens import analysis
+
+    model = toy_model()
+    batch, _, _ = toy_batch()
+    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))
+    lay = batch.layout
+    for s in range(batch.batch_size):
+        video, audio = lay.positions("video", sample=s), lay.positions("audio", sample=s)
+        # a video sink, an audio token, the last video token (no later video query) and a text token
+        positions = [int(video[0]), int(audio[10]), int(video[-1]), batch.shape[1] - 3]
+        expected = analysis.modality_dominance(model, batch.select([s]), positions)
+        for layer in range(model.cfg.n_layers):
+            got = modality_dominance_score(cache[f"blocks.{layer}.attn.hook_pattern"][s], lay.mask("video")[s],
+                                           lay.mask("audio")[s], positions)
+            _close(got, expected[layer], f"sample {s}, block {layer}, positions {positions} (vs modality_dominance)")
+    _passed("test_modality_dominance_score")
+
+
+@torch.no_grad()
+def test_token_set_ie(token_set_ie: Callable) -> None:
+    """Against `patching.trace_token_sets(...)["IE_clean"]` (patching at ln1.hook_normalized of every
+    layer at once), for token sets of both modalities and both corruptions."""
+    from avlens import patching
+
+    model = toy_model()
+    batch, answers, _ = toy_batch()
+    for s, zeroed in [(0, "audio"), (1, "video")]:
+        clean = batch.select([s])
+        corrupted = _zeroed("mc", zeroed).select([s])
+        other = "video" if zeroed == "audio" else "audio"
+        pos = clean.layout.positions(other, sample=0)
+        sets = {"all": pos, "three": pos[[0, 3, 7]], "question": torch.arange(clean.shape[1] - 20, clean.shape[1] - 10)}
+        ie = patching.trace_token_sets(model, clean, corrupted, {k: v.tolist() for k, v in sets.items()}, o_clean=int(answers[s]),
+                                       progress=False)["IE_clean"]
+        for i, (name, positions) in enumerate(sets.items()):
+            got = token_set_ie(model, clean, corrupted, positions, int(answers[s]))
+            _no_hooks_left(model, "token_set_ie")
+            _close(torch.as_tensor(got).reshape(()), ie.values.plain()[i],
+                   f"sample {s} with the {zeroed} zeroed, token set {name!r} (vs trace_token_sets)", atol=1e-4)
+    _passed("test_token_set_ie")

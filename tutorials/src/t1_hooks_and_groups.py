@@ -39,6 +39,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 import avlens
+from avlens import viz
 from avlens.data import synth, tasks
 from tutorials import checks
 
@@ -292,7 +293,7 @@ for key_group in ("audio", "video", "text", "special"):
 # %%
 summary = model.attention_group_summary(batch)
 print(summary)
-avlens.viz.group_flow_view(summary, sample=0, title="Dog clip: attention mass between token groups")
+viz.group_flow_view(summary, sample=0, title="Dog clip: attention mass between token groups")
 
 # %% [markdown]
 # The same attention one token at a time. Take the dog clip's answer position in block 0 and the
@@ -305,7 +306,7 @@ last0 = int(layout.positions("last", sample=0))
 media0 = (layout.mask("audio") | layout.mask("video"))[0]
 head = int(pattern0[0, :, last0][:, media0].sum(-1).argmax())
 print(f"block 0, head {head}: {pattern0[0, head, last0][media0].sum():.3f} of the answer position's attention is on media")
-avlens.viz.token_strip(batch, values=pattern0[0, head, last0], sample=0, str_tokens=model.to_str_tokens(batch, 0),
+viz.token_strip(batch, values=pattern0[0, head, last0], sample=0, str_tokens=model.to_str_tokens(batch, 0),
                        query=last0, value_label=f"attention from the answer position (block 0, head {head})")
 
 # %% [markdown]
@@ -315,7 +316,7 @@ avlens.viz.token_strip(batch, values=pattern0[0, head, last0], sample=0, str_tok
 # media chunk and the question.
 
 # %%
-avlens.viz.attention_drilldown(model, batch, layer=0, sample=0)
+viz.attention_drilldown(model, batch, layer=0, sample=0)
 
 # %% [section]
 # ## 4️⃣ Logit attribution: which layer writes the answer

@@ -37,6 +37,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 import avlens
+from avlens import viz
 from avlens import patching
 from avlens.data import synth, tasks
 from tutorials import checks
@@ -217,7 +218,7 @@ by_position.plot()
 
 # %%
 str_tokens = model.to_str_tokens(clean, 0)
-avlens.viz.token_strip(clean, values=by_position.values[0], str_tokens=str_tokens,
+viz.token_strip(clean, values=by_position.values[0], str_tokens=str_tokens,
                        value_label="P(answer) with this position's clean state restored at block 0")
 
 # %%
