@@ -7,8 +7,9 @@ plotting library, no network), so they are built from
 * run strips: one absolutely positioned block per run of same-group positions (a 2,048-token
   audio-in-video sample has a few dozen runs), bucketed when a row has more than
   `MAX_BLOCKS` runs;
-* heatmaps as PNG data URIs (one pixel per cell, scaled up by the browser), drawn here with
-  pillow, so a `[28 layers, 2048 positions]` result costs tens of kilobytes;
+* heatmaps as palette PNG data URIs (one byte a cell, scaled up by the browser), drawn here
+  with pillow, so a `[28 layers, 2048 positions]` result costs at most ~80 kB (tens of kB when
+  smooth);
 * small escaped tables.
 
 Every piece of text goes through `html.escape`; the only markup is what this module writes.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -26,8 +28,8 @@ import torch
 
 from avlens.layout import GROUP_COLORS, GROUP_LETTERS, PARTITION_GROUPS
 
-#: most blocks one strip row draws; longer rows are bucketed (majority group per bucket)
-MAX_BLOCKS = 256
+#: most blocks one strip row draws; rows with more runs are drawn as this many buckets
+MAX_BLOCKS = 160
 #: most heatmap columns; wider grids are averaged into this many column buckets
 MAX_COLS = 2048
 
@@ -93,46 +95,53 @@ def runs(labels: Sequence) -> list[tuple[object, int, int]]:
     return [tuple(r) for r in out]  # type: ignore[misc]
 
 
-def bucket_runs(labels: Sequence[str], max_blocks: int = MAX_BLOCKS) -> tuple[list[tuple[str, int, int]], bool]:
-    """The runs of `labels`, or, when there are more than `max_blocks`, the runs of the majority
-    label of `max_blocks` equal buckets of positions. Returns the runs and whether it bucketed."""
-    r = runs(labels)
-    if len(r) <= max_blocks:
-        return r, False  # type: ignore[return-value]
+def buckets(labels: Sequence, max_blocks: int = MAX_BLOCKS) -> list[tuple[int, int, list[tuple[object, int]]]]:
+    """`max_blocks` equal buckets of positions, each `(start, end, [(label, count), ...])` (labels
+    in order of first appearance); consecutive buckets holding one and the same label merge."""
     n = len(labels)
-    edges = [round(i * n / max_blocks) for i in range(max_blocks + 1)]
-    majority = []
+    edges = sorted({round(i * n / max_blocks) for i in range(max_blocks + 1)})
+    out: list[tuple[int, int, list]] = []
     for a, b in zip(edges[:-1], edges[1:]):
         seg = list(labels[a:b])
-        majority.append(max(dict.fromkeys(seg), key=seg.count) if seg else None)
-    merged: list[list] = []
-    for (a, b), g in zip(zip(edges[:-1], edges[1:]), majority):
-        if b <= a:
-            continue
-        if merged and merged[-1][0] == g:
-            merged[-1][2] = b
+        comp = [(g, seg.count(g)) for g in dict.fromkeys(seg)]
+        if out and len(comp) == 1 and len(out[-1][2]) == 1 and out[-1][2][0][0] == comp[0][0]:
+            out[-1] = (out[-1][0], b, [(comp[0][0], out[-1][2][0][1] + comp[0][1])])
         else:
-            merged.append([g, a, b])
-    return [tuple(m) for m in merged], True  # type: ignore[misc]
+            out.append((a, b, comp))
+    return out
 
 
-def _pct(x: int, n: int) -> str:
+def _pct(x: float, n: int) -> str:
     return f"{100 * x / max(n, 1):.3f}".rstrip("0").rstrip(".")
 
 
 def group_strip(labels: Sequence[str], tips: Optional[Sequence[str]] = None, show_text: bool = True,
                 css: str = "avl-s", max_blocks: int = MAX_BLOCKS) -> str:
     """A strip of run blocks over `len(labels)` positions, each coloured by its group and, when
-    wide enough, labelled with the group letter and run length (`A50`). `tips[k]` is the hover
-    text of the k-th run (ignored when the row is bucketed)."""
+    wide enough, labelled with the group letter and run length (`A50`); `tips[k]` is the hover
+    text of the k-th run. A row with more than `max_blocks` runs is drawn as `max_blocks` buckets
+    instead, a mixed bucket split into its groups' shares (so the page stays small)."""
     n = len(labels)
-    rs, bucketed = bucket_runs(labels, max_blocks)
+    rs = runs(labels)
     blocks = []
-    for k, (g, a, b) in enumerate(rs):
-        tip = (tips[k] if tips is not None and not bucketed else _run_tip(g, a, b)) + (" (bucketed)" if bucketed else "")
-        text = f"{GROUP_LETTERS.get(g, '')}{b - a}" if show_text and (b - a) / max(n, 1) >= 0.025 and not bucketed else ""
-        blocks.append(f"<div class='avl-{esc(g)}' style='left:{_pct(a, n)}%;width:{_pct(b - a, n)}%' "
-                      f"title='{esc(tip)}'>{esc(text)}</div>")
+    if len(rs) <= max_blocks:
+        for k, (g, a, b) in enumerate(rs):
+            tip = tips[k] if tips is not None else _run_tip(g, a, b)
+            text = f"{GROUP_LETTERS.get(g, '')}{b - a}" if show_text and (b - a) / max(n, 1) >= 0.025 else ""
+            blocks.append(f"<div class='avl-{esc(g)}' style='left:{_pct(a, n)}%;width:{_pct(b - a, n)}%' "
+                          f"title='{esc(tip)}'>{esc(text)}</div>")
+        return f"<div class='{css}'>{''.join(blocks)}</div>"
+    for a, b, comp in buckets(labels, max_blocks):
+        if len(comp) == 1:
+            fill = f"background:{GROUP_COLORS.get(comp[0][0], '#444')}"
+        else:
+            stops, acc = [], 0
+            for g, c in comp:
+                c0, acc = acc, acc + c
+                stops.append(f"{GROUP_COLORS.get(g, '#444')} {_pct(c0, b - a)}% {_pct(acc, b - a)}%")
+            fill = f"background:linear-gradient(to right,{','.join(stops)})"
+        tip = f"positions {a}-{b - 1}: " + ", ".join(f"{g} {c}" for g, c in comp) + " (bucketed)"
+        blocks.append(f"<div style='left:{_pct(a, n)}%;width:{_pct(b - a, n)}%;{fill}' title='{esc(tip)}'></div>")
     return f"<div class='{css}'>{''.join(blocks)}</div>"
 
 
@@ -170,12 +179,14 @@ def layout_rows(layout, max_rows: int = 8, max_tip_chars: int = 60) -> str:
             m = layout.masks[o][i]
             if not bool(m.any()):
                 continue
-            lab = ["on" if bool(x) else "" for x in m.tolist()]
-            rs_o, bucketed = bucket_runs(lab)
+            on = m.tolist()
+            rs_o = [(a, b, _run_tip(o, a, b)) for g, a, b in runs(on) if g]
+            if len(rs_o) > MAX_BLOCKS:  # a bucket is marked when any of its positions is
+                rs_o = [(a, b, f"{o}: some of positions {a}-{b - 1} (bucketed)")
+                        for a, b, comp in buckets(on) if any(g for g, _ in comp)]
             blocks = "".join(
                 f"<div style='left:{_pct(a, n)}%;width:max(2px,{_pct(b - a, n)}%);background:{GROUP_COLORS.get(o, '#444')}' "
-                f"title='{esc(_run_tip(o, a, b) + (' (bucketed)' if bucketed else ''))}'></div>"
-                for g, a, b in rs_o if g == "on")
+                f"title='{esc(tip)}'></div>" for a, b, tip in rs_o)
             marks.append(f"<div class='avl-o'>{blocks}</div>")
         rows.append(f"<div>[{i}]</div><div>{''.join(marks)}{group_strip(labels, tips)}</div>")
     more = layout.batch_size - min(layout.batch_size, max_rows)
@@ -228,33 +239,62 @@ def value_range(z: np.ndarray, center: Optional[float] = None) -> tuple[float, f
     return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
 
 
-def _pool_cols(z: np.ndarray, max_cols: int) -> np.ndarray:
+def _pool_cols(z: np.ndarray, max_cols: int, how: str = "mean") -> np.ndarray:
+    """`[rows, cols]` -> `[rows, max_cols]`: the NaN-mean (or, `how="any"`, the logical or) of
+    equal buckets of columns; unchanged when it already fits."""
     n = z.shape[1]
     if n <= max_cols:
         return z
     edges = np.linspace(0, n, max_cols + 1).round().astype(int)
-    with np.errstate(invalid="ignore"):
-        return np.stack([np.nanmean(z[:, a:b], 1) if b > a else np.full(z.shape[0], np.nan)
-                         for a, b in zip(edges[:-1], edges[1:])], 1)
+    if how == "any":
+        return np.stack([z[:, a:b].any(1) for a, b in zip(edges[:-1], edges[1:])], 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN buckets stay NaN
+        return np.stack([np.nanmean(z[:, a:b], 1) for a, b in zip(edges[:-1], edges[1:])], 1)
 
 
-def png_data_uri(rgb: np.ndarray) -> str:
-    """An `[h, w, 3]` uint8 image as a `data:image/png;base64,...` URI."""
+#: palette heatmaps: indices 0..N_LEVELS-1 are the colour scale, then NaN, then "marked"
+N_LEVELS = 254
+_NAN_INDEX, _MARK_INDEX = N_LEVELS, N_LEVELS + 1
+
+
+def palette(scale: str = "viridis", mark_color: str = GROUP_COLORS["sink"]) -> list[int]:
+    """The 256-colour palette of a heatmap PNG: `N_LEVELS` steps of the scale, the NaN grey and
+    the mark colour, flattened `[r, g, b, r, g, b, ...]`."""
+    colors = colorize(np.linspace(0.0, 1.0, N_LEVELS), scale).tolist() + [list(_NAN_RGB), list(_hex(mark_color))]
+    return [c for rgb in colors for c in rgb]
+
+
+def levels(x: np.ndarray) -> np.ndarray:
+    """Palette indices (uint8) of values in [0, 1] (clipped); NaN -> the NaN index."""
+    idx = np.rint(np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0) * (N_LEVELS - 1)).astype(np.uint8)
+    idx[np.isnan(x)] = _NAN_INDEX
+    return idx
+
+
+def png_data_uri(image: np.ndarray, palette_: Optional[Sequence[int]] = None) -> str:
+    """An image as a `data:image/png;base64,...` URI: `[h, w, 3]` uint8 RGB, or `[h, w]` uint8
+    palette indices with `palette_` (one byte a pixel: a third of the size of RGB)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, "PNG", optimize=True)
+    if palette_ is not None:
+        img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "P")
+        img.putpalette(list(palette_))
+    else:
+        img = Image.fromarray(np.ascontiguousarray(image), "RGB")
+    img.save(buf, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def heatmap(values, row_labels: Sequence, row_title: str, col_groups: Optional[Sequence[str]] = None,
             center: Optional[float] = None, marked=None, mark_color: str = GROUP_COLORS["sink"],
             col_title: str = "position", caption: str = "", col_labels: Optional[Sequence] = None) -> str:
-    """A `[rows, cols]` heatmap as one PNG (a pixel per cell, at most `MAX_COLS` columns, wider
-    grids averaged), with row labels, a colour bar, and when `col_groups` is given a run strip of
-    the columns' token groups under it. `marked` (bool, same shape) cells are painted
-    `mark_color`. With `center` the scale diverges (blue below, red above). `col_labels` name
-    the first and last columns under the image (default 0 and n - 1)."""
+    """A `[rows, cols]` heatmap as one palette PNG (a pixel per cell, at most `MAX_COLS` columns,
+    wider grids averaged over column buckets), with row labels, a colour bar, and when
+    `col_groups` is given a run strip of the columns' token groups under it. `marked` (bool, same
+    shape) cells are painted `mark_color`. With `center` the scale diverges (blue below, red
+    above). `col_labels` name the first and last columns under the image (default 0 and n - 1)."""
     z = np.asarray(values.detach().float().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     if z.ndim == 1:
         z = z[None]
@@ -262,17 +302,16 @@ def heatmap(values, row_labels: Sequence, row_title: str, col_groups: Optional[S
         raise ValueError(f"a heatmap needs a 1-D or 2-D array, got shape {z.shape}")
     n_rows, n_cols = z.shape
     lo, hi = value_range(z, center)
-    rgb = colorize((z - lo) / (hi - lo), "diverging" if center is not None else "viridis")
+    idx = levels((_pool_cols(z, MAX_COLS) - lo) / (hi - lo))
     if marked is not None:
         m = np.asarray(marked.cpu() if isinstance(marked, torch.Tensor) else marked, dtype=bool).reshape(z.shape)
-        rgb[m] = _hex(mark_color)
-    if n_cols > MAX_COLS:  # average colours over column buckets (values were already coloured)
-        rgb = np.stack([_pool_cols(rgb[..., c].astype(np.float64), MAX_COLS) for c in range(3)], -1).round().astype(np.uint8)
+        idx[_pool_cols(m, MAX_COLS, "any")] = _MARK_INDEX
+    uri = png_data_uri(idx, palette("diverging" if center is not None else "viridis", mark_color))
     row_px = max(3, min(16, 260 // max(n_rows, 1)))
     label_rows = row_px >= 10 and n_rows <= 40
     img = (f"<img class='avl-m' style='height:{row_px * n_rows}px' alt='{esc(caption or 'heatmap')}' "
            f"title='{esc(f'{n_rows} {row_title} x {n_cols} {col_title}; colour {fmt(lo)} .. {fmt(hi)}')}' "
-           f"src='{png_data_uri(rgb)}'>")
+           f"src='{uri}'>")
     labels = "".join(f"<div style='height:{row_px}px;line-height:{row_px}px;font-size:10px;text-align:right'>{esc(r)}</div>"
                      for r in row_labels) if label_rows else f"<div class='avl-n'>{esc(row_title)}</div>"
     first, last = (col_labels[0], col_labels[-1]) if col_labels is not None and len(col_labels) else (0, n_cols - 1)
@@ -342,6 +381,6 @@ def finite_stats(t) -> str:
     return f"min {fmt(x.min())}, max {fmt(x.max())}, mean {fmt(x.mean())}"
 
 
-__all__ = ["MAX_BLOCKS", "MAX_COLS", "bars", "bucket_runs", "card", "chip", "colorbar", "colorize", "esc", "finite_stats",
-           "fmt", "group_chips", "group_strip", "heatmap", "layout_rows", "png_data_uri", "runs", "table", "text_table",
-           "value_range"]
+__all__ = ["MAX_BLOCKS", "MAX_COLS", "N_LEVELS", "bars", "buckets", "card", "chip", "colorbar", "colorize", "esc",
+           "finite_stats", "fmt", "group_chips", "group_strip", "heatmap", "layout_rows", "levels", "palette", "png_data_uri",
+           "runs", "table", "text_table", "value_range"]
