@@ -2,6 +2,7 @@
 report builder inlines plotly.js and the circuitsvis bundle once each, loads nothing from the
 network and escapes every text it is given."""
 
+import html
 import json
 import re
 import shutil
@@ -118,10 +119,10 @@ def test_report_escapes_text_and_tokens_so_nothing_breaks_out(tmp_path):
     # exactly the scripts the report wrote: two bundles, one attention view, one figure
     assert [t for t, _ in page.tags].count("script") == 4
     assert "<script>alert" not in text
-    # the view's data, decoded by a JSON parser, is the token unchanged
+    # the view's data, decoded by a JSON parser, is the token (HTML-escaped: circuitsvis puts it in as HTML)
     view = next(s for s in page.scripts if s.startswith("CircuitsVis.render("))
     props = json.loads(re.fullmatch(r"CircuitsVis\.render\('[\w-]+',CircuitsVis\.AttentionPatterns,(.*)\);", view).group(1))
-    assert props["tokens"] == [evil, "ok"] and props["headLabels"] == [evil]
+    assert props["tokens"] == [html.escape(evil), "ok"] and props["headLabels"] == [evil]  # circuitsvis sets tokens as HTML
     assert props["attention"] == [[[1.0, 0.0], [0.5, 0.5]]]
     fig = next(s for s in page.scripts if "Plotly.newPlot(" in s)
     data = json.loads(re.fullmatch(r"\(function\(\)\{var f=(.*);Plotly\.newPlot\(.*", fig, re.S).group(1))

@@ -216,7 +216,9 @@ class Report:
             )
         self._uses.add("circuitsvis")
         div = self._new_id("attn")
-        props = {"tokens": [str(t) for t in tokens], "attention": np.round(pat, decimals).tolist()}
+        # circuitsvis's AttentionPatterns writes each token into its button as HTML (React's
+        # dangerouslySetInnerHTML), so tokens go in HTML-escaped to be shown as text, never run
+        props = {"tokens": [html.escape(str(t)) for t in tokens], "attention": np.round(pat, decimals).tolist()}
         if head_names is not None:
             props["headLabels"] = [str(h) for h in head_names]
         if caption:
