@@ -32,6 +32,8 @@ __all__ = [
     # tutorial 3
     "test_max_ratio_to_median", "test_hidden_sink_scores", "test_attention_from_later", "test_global_sinks",
     "test_modality_dominance_score", "test_token_set_ie",
+    # tutorial 4
+    "test_yes_probability", "test_knockout_yes", "test_boost_scores", "test_steer_yes",
 ]
 
 
@@ -47,6 +49,7 @@ def toy_model():
 #: the checks' clips: (object, condition, seed), chosen apart from the notebooks' own clips
 CHECK_CLIPS = {
     "mc": [("cat", "video_ambiguous", 31), ("bell", "audio_ambiguous", 32), ("train", "distractor", 33)],
+    "probe": [("cat", "offscreen", 41), ("guitar", "silent", 42)],
 }
 
 
@@ -470,3 +473,102 @@ def test_token_set_ie(token_set_ie: Callable) -> None:
             _close(torch.as_tensor(got).reshape(()), ie.values.plain()[i],
                    f"sample {s} with the {zeroed} zeroed, token set {name!r} (vs trace_token_sets)", atol=1e-4)
     _passed("test_token_set_ie")
+
+
+# ------------------------------------------------------------------------------------ tutorial 4
+@lru_cache(maxsize=None)
+def toy_probes():
+    """Single-prompt batches of presence probes about `CHECK_CLIPS["probe"]`: [(batch, example)]."""
+    from avlens.data import synth, tasks
+
+    model = toy_model()
+    out = []
+    for o, c, seed in CHECK_CLIPS["probe"]:
+        clip = synth.make_clip(o, c, seed=seed)
+        for ex in tasks.presence_probes(clip, seed=0)[:3]:
+            out.append((model.prepare_media(tasks.prompt_text(ex), audio=clip.waveform, video=clip.frames, fps=synth.FPS,
+                                            use_audio_in_video=True), ex))
+    return out
+
+
+def _yes_no_ids() -> tuple[int, int]:
+    model = toy_model()
+    return model.to_single_token("yes"), model.to_single_token("no")
+
+
+@torch.no_grad()
+def test_yes_probability(yes_probability: Callable) -> None:
+    """Against exp(l_yes) / (exp(l_yes) + exp(l_no)) written out, on random and extreme logits."""
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(4, 10, generator=g) * 5
+    logits[3, 2], logits[3, 7] = 80.0, -80.0  # a softmax over the whole vocabulary would still be fine; exp() alone overflows
+    for yes, no in [(2, 7), (0, 9)]:
+        expected = torch.tensor([1 / (1 + float(torch.exp(torch.tensor(float(l[no] - l[yes]))))) for l in logits])
+        _close(yes_probability(logits, yes, no), expected, f"random logits [4, 10], yes id {yes}, no id {no}")
+    _passed("test_yes_probability")
+
+
+@torch.no_grad()
+def test_knockout_yes(knockout_yes: Callable) -> None:
+    """Against `patching.attention_knockout` (keys -> the text group) run once for P(yes) and once
+    for P(no), renormalised."""
+    from avlens import patching
+
+    model = toy_model()
+    yes, no = _yes_no_ids()
+    for batch, ex in toy_probes()[::2]:
+        for keys, layers in [("audio", [0]), ("video", [0, 1]), ("special", [2, 3])]:
+            p = [patching.attention_knockout(model, batch, patching.AnswerProb(t), keys, "text", layers=layers,
+                                             progress=False).extras["p_new"][0] for t in (yes, no)]
+            got = knockout_yes(model, batch, keys, layers, yes, no)
+            _no_hooks_left(model, "knockout_yes")
+            _close(got, p[0] / (p[0] + p[1]), f"{ex.question!r}: {keys} -> text blocked in {layers} (vs attention_knockout)")
+    _passed("test_knockout_yes")
+
+
+@torch.no_grad()
+def test_boost_scores(boost_scores: Callable) -> None:
+    """Against a loop over cells and `avlens.mitigation.boost_scores`, on scores of both signs with
+    masked (very negative) entries."""
+    from avlens.mitigation import boost_scores as library_boost
+
+    g = torch.Generator().manual_seed(9)
+    scores = torch.randn(2, 3, 5, 5, generator=g) * 4
+    scores = scores.masked_fill(torch.ones(5, 5).triu(1).bool(), torch.finfo(torch.float32).min)
+    queries = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 0, 0, 1]], dtype=torch.bool)
+    keys = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    for alpha in (0.2, 1.5):
+        expected = scores.clone()
+        for b in range(2):
+            for q in range(5):
+                for k in range(5):
+                    if queries[b, q] and keys[b, k]:
+                        expected[b, :, q, k] = scores[b, :, q, k] + alpha * scores[b, :, q, k].abs()
+        got = boost_scores(scores, queries, keys, alpha)
+        _close(got, expected, f"random scores [2, 3, 5, 5] with masked entries (finfo.min), alpha {alpha} (vs a loop over cells)")
+        if alpha < 1:  # alpha * |finfo.min| overflows for alpha >= 1 in the one-line form the library helper uses
+            _close(got, library_boost(scores, queries, keys, alpha), f"alpha {alpha} (vs avlens.mitigation.boost_scores)")
+    _passed("test_boost_scores")
+
+
+@torch.no_grad()
+def test_steer_yes(steer_yes: Callable) -> None:
+    """Against the hooks `SinkSteering` installs (`avlens.mitigation.steering.boost_hooks`), for a
+    few sink sets, strengths and layer sets."""
+    from avlens.mitigation.steering import boost_hooks
+
+    model = toy_model()
+    yes, no = _yes_no_ids()
+    for batch, ex in toy_probes()[1::2]:
+        lay = batch.layout
+        video, audio = lay.positions("video", sample=0), lay.positions("audio", sample=0)
+        for sinks, alpha, layers in [([int(video[0]), int(audio[5])], 0.2, [2, 3]), ([int(video[4])], 2.0, [0, 1, 2, 3]),
+                                     ([int(audio[0]), int(audio[60]), int(video[9])], 1.0, [1])]:
+            keys = torch.zeros(batch.shape, dtype=torch.bool)
+            keys[:, sinks] = True
+            logits = model.run_with_hooks(batch, fwd_hooks=boost_hooks(batch, keys, layers, alpha))
+            two = logits[lay.mask("last")][:, [yes, no]].float().softmax(-1)[:, 0]
+            got = steer_yes(model, batch, sinks, alpha, layers, yes, no)
+            _no_hooks_left(model, "steer_yes")
+            _close(got, two, f"{ex.question!r}: sinks {sinks}, alpha {alpha}, layers {layers} (vs SinkSteering's hooks)")
+    _passed("test_steer_yes")
