@@ -185,7 +185,7 @@ def demo_patching(model, batches: dict, answers: dict, examples):
     """Activation patching on clip 0 (about a second): the clean run's residual stream
     (`resid_pre`, every layer x position) written one cell at a time into the run with the
     modality whose zeroing lowers p(truth) most, scored by the probability of the correct letter.
-    Returns the `PatchResult` (its `layout` set, for the strip) and the zeroed modality."""
+    Returns the `PatchResult` and the zeroed modality."""
     from avlens.interventions.metrics import AnswerProb
     from avlens.interventions.patching import activation_patch
 
@@ -194,7 +194,6 @@ def demo_patching(model, batches: dict, answers: dict, examples):
     clean, corrupted = batches["both"].select(0), batches[f"{zeroed} zeroed"].select(0)
     res = activation_patch(model, clean, corrupted, AnswerProb([examples[0].answer], model), site="resid_pre",
                            over=("layer", "position"), logits_at="last", progress=False)
-    res.layout = clean.layout
     return res, zeroed
 
 

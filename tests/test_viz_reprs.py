@@ -454,3 +454,27 @@ def test_comparison_reprs_show_the_metrics_and_escape_names():
     h = cmp._repr_html_()
     assert_safe_html(h)
     assert "0.750 [0.650, 0.850]" in h
+
+
+@pytest.mark.skipif(not __import__("avlens.toy", fromlist=["toy_available"]).toy_available(), reason="no toy checkpoint shipped")
+def test_patching_results_carry_the_layout_so_the_strip_has_times_and_text():
+    import avlens
+    from avlens import patching
+    from avlens.cli import demo_clips
+    from avlens.data import synth, tasks
+
+    model = avlens.load_toy()
+    clips, exs = demo_clips(1)
+    clean = model.prepare_media([tasks.prompt_text(exs[0])], audio=[clips[0].waveform], video=[clips[0].frames], fps=synth.FPS,
+                                use_audio_in_video=True)
+    corrupted = patching.corruptions.zero_media(model, clean, "audio")
+    n = clean.shape[1]
+    res = patching.activation_patch(model, clean, corrupted, patching.AnswerProb([exs[0].answer], model), layers=[0],
+                                    positions=list(range(n - 40, n)), logits_at="last", progress=False)
+    assert res.layout is not None and res.layout.labels(0) == clean.layout.labels(0)
+    view = res.plot(kind="strip", layer=0)
+    tokens = model.to_str_tokens(clean, 0)
+    assert view.payload["runs"] == [[n - 40, n]]
+    assert view.payload["text"] == ["" if g in ("audio", "video") else tokens[p]
+                                    for p, g in zip(range(n - 40, n), clean.layout.labels(0)[n - 40:])]
+    np.testing.assert_allclose(decode_array(view.payload["values"]), res.values.sel(layer=0).plain().numpy(), atol=2e-3)

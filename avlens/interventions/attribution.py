@@ -73,7 +73,7 @@ def attribution_patch(
         values[k] = score + (cells.cpu() if score.ndim == 1 else cells.cpu().sum(-1))
     stats = SweepStats(n_cells=len(grid.cells), n_forwards=2, seconds=time.perf_counter() - t0)
     results = assemble(values, grid, base, source.score(base.metrics), method="attribution patching", site=site,
-                       direction=direction, position_groups=base_b.layout.labels(0), stats=stats)
+                       direction=direction, position_groups=base_b.layout.labels(0), layout=base_b.layout.select(0), stats=stats)
     for k, r in results.items():
         r.extras["attribution"] = attributions[k].reshape(*grid.shape, b).cpu()
     return results if isinstance(metric, dict) else next(iter(results.values()))

@@ -235,5 +235,5 @@ def activation_patch(
             desc=f"patching {site}",
         )
     results = assemble(values, grid, base, source.score(base.metrics), method="activation patching", site=site,
-                       direction=direction, position_groups=base_b.layout.labels(0), stats=stats)
+                       direction=direction, position_groups=base_b.layout.labels(0), layout=base_b.layout.select(0), stats=stats)
     return results if isinstance(metric, dict) else next(iter(results.values()))

@@ -170,8 +170,9 @@ class PatchResult:
             denoising), when there is one.
         method, site, direction, metric: what was run.
         position_groups: the token group of every position (sample 0), for the plot's bands.
-        layout: optionally the layout of the batch the positions index (for `plot(kind="strip")`'s
-            time-stamped media cells; without it the strip is drawn from `position_groups`).
+        layout: the layout of the (first sample of the) batch the positions index, set by
+            activation / attribution patching and tracing: `plot(kind="strip")` draws its
+            time-stamped media cells and token text (without it, a strip from `position_groups`).
         stats: cells, no-op cells skipped, forward passes, seconds.
         extras: method-specific tensors (e.g. knockout's probabilities).
     """

@@ -66,7 +66,7 @@ def causal_trace(
     return PatchResult(
         values=res.values, dims=("layer", "position"), coords=coords, per_sample=per, base=base, source=source,
         method="causal tracing (ROME)" + (f", window {window}" if window > 1 else ""), site=site, direction="restoring",
-        metric=res.metric, position_groups=res.position_groups, stats=res.stats,
+        metric=res.metric, position_groups=res.position_groups, layout=res.layout, stats=res.stats,
         extras={"noise_group": noise_group, "n_copies": n_copies, "sigma": sigma, "windows": layer_windows(L, window, centres)},
     )
 
