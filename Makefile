@@ -29,8 +29,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/avlens demo --out avlens-report
 
+# the test suite, then the tutorials' solution notebooks executed top to bottom by nbmake (each in
+# about 10-30 s on 2 CPU cores; a cell over 120 s fails; outputs are not compared)
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --nbmake --nbmake-timeout=120 tutorials/solutions
 
 # the docs site (Sphinx, furo, myst-nb) with warnings as errors: docs/_build/html/index.html
 docs: $(DOCS_STAMP)
