@@ -23,8 +23,9 @@ __all__ = ["ModalityDominance", "modality_dominance", "cross_modal_split", "clas
 class ModalityDominance(LabelledTensor):
     """The modality dominance score of one sample's sinks: a `[n_layers, n_sinks]` tensor with
     axes `("layer", "sink")` (the sink labels are their positions), the sinks' token groups
-    (`sink_groups`) and the sample's layout (`sample_layout`, one sample; `Tensor.layout` is torch's). It is a tensor: arithmetic
-    gives plain tensors (`mds.mean(0)`), `mds.sel(sink=40)` one sink's scores per layer.
+    (`sink_groups`) and the sample's one-sample layout (`sample_layout`; `Tensor.layout` is
+    torch's own attribute). It is a tensor: arithmetic gives plain tensors (`mds.mean(0)`),
+    `mds.sel(sink=40)` one sink's scores per layer.
 
     +1: only video queries attend to the sink; -1: only audio queries; 0: balanced (or none)."""
 
