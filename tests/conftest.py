@@ -119,3 +119,39 @@ def hf_case(hf_thinker) -> Callable[[str, str, str], HFCase]:
         return cache[key]
 
     return get
+
+
+# ----------------------------------------------------------------------------- browser tests
+# Marker `browser` (pyproject.toml): tests that open pages in headless Chromium
+# (tests/browser_util.py). `pytest -m "not browser"` leaves them out.
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium (playwright `Browser` on the system's Chromium), one per test module.
+    Skips loudly where playwright or Chromium is missing, fails instead when
+    `AVLENS_REQUIRE_BROWSER=1` (as `.ci/run` sets it); tests using it get the `browser` marker."""
+    import browser_util
+
+    with browser_util.launch() as browser:
+        yield browser
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses the `chromium` fixture `browser` (before `-m` selects), so
+    `-m "not browser"` also leaves out browser tests in other modules that forgot the marker."""
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say it in red at the end of the run when browser tests were skipped for want of Chromium."""
+    import browser_util
+
+    skipped = terminalreporter.stats.get("skipped", [])
+    hits = [r for r in skipped if browser_util.SKIP_PREFIX in str(getattr(r, "longrepr", ""))]
+    if hits:
+        terminalreporter.write_sep("!", f"{browser_util.SKIP_PREFIX} ({len(hits)}): no headless Chromium; "
+                                   "see the SKIPPED lines for why", red=True, bold=True)

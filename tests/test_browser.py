@@ -1,0 +1,514 @@
+"""The pages avlens writes, opened in headless Chromium (issue 7): the `avlens demo` report, a
+tutorial's solution notebook exported to HTML by nbconvert, and every `avlens.viz` view saved
+standalone. Each page must run without a JavaScript error, draw its views (element screenshots
+that are not blank, and the elements each view is made of), fetch nothing, and show token text
+that holds HTML or `</script>` as text: the hostile tokens below set a sentinel global if any of
+them ever runs.
+
+Marker `browser` (`pytest -m "not browser"` leaves these out). Without Chromium or playwright the
+tests are skipped with a loud reason; with `AVLENS_REQUIRE_BROWSER=1` (`.ci/run`) they fail. One
+Chromium serves the module (the `chromium` fixture in conftest.py) and the demo runs once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import browser_util as B
+
+browser = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Token texts that would run JavaScript (each sets window.__avlens_pwned) or turn into markup if
+#: any layer between the token and the screen treated them as HTML instead of text.
+HOSTILE = (
+    "</script><script>window.__avlens_pwned=1</script>",
+    '<img src=x onerror="window.__avlens_pwned=2">',
+    '"><svg onload=window.__avlens_pwned=3>',
+    "'><svg onload=window.__avlens_pwned=4>",
+    "&amp; <b>bold</b>",
+    # circuitsvis's AttentionPatterns sets token text as HTML after replacing its first space by
+    # &nbsp;: a tag whose attributes are separated by tabs or slashes still runs there
+    "<img\tsrc=x\tonerror=window.__avlens_pwned=5>",
+    '<img/src="x"/onerror=window.__avlens_pwned=6>',
+)
+#: elements the hostile tokens would create if they were parsed as HTML
+INJECTED = "img[src='x'], [onerror], [onload], b"
+
+
+# ================================================================================ shared pages
+
+
+def _view_kind(locator) -> str:
+    classes = (locator.get_attribute("class") or "").split()
+    kinds = [c[len("avlens-"):] for c in classes if c.startswith("avlens-") and c != "avlens-view"]
+    assert len(kinds) == 1, f"an .avlens-view element should carry one avlens-<kind> class; got {classes}"
+    return kinds[0]
+
+
+def check_view(locator, expect: dict | None = None) -> str:
+    """One `.avlens-view` element: its script ran (the fallback note is gone), its screenshot is
+    not blank and it holds the elements its kind draws. `expect` may give exact counts
+    (`tokens`: strip/drill-down token chips; `frames`: frame-strip steps). Returns its kind."""
+    expect = expect or {}
+    kind = _view_kind(locator)
+    text = locator.inner_text()
+    assert "did not run" not in text, f"the {kind} view's script did not run:\n{text[:300]}"
+    B.assert_rendered(locator, f"the {kind} view")
+    count = lambda sel: locator.locator(sel).count()  # noqa: E731
+    if kind == "group_flow":
+        assert count("canvas") >= 2, "group flow: the grid and the detail matrix are canvases"
+        assert count(".av-chip") >= 2, "group flow: one chip per token group"
+    elif kind == "drilldown":
+        n = count(".av-tok")
+        assert n >= 1 and n == expect.get("tokens", n), f"drill-down: {n} token chips, expected {expect.get('tokens')}"
+        host = locator.locator("[id$='cv']")
+        assert host.count() == 1, "drill-down: no circuitsvis host element"
+        assert host.locator("canvas").count() >= 2, "drill-down: circuitsvis drew no head canvases"
+        B.assert_rendered(host, "the drill-down's circuitsvis view")
+    elif kind == "token_strip":
+        n = count(".av-tok")
+        assert n >= 1 and n == expect.get("tokens", n), f"token strip: {n} token cells, expected {expect.get('tokens')}"
+    elif kind == "spectrogram":
+        assert count("img") == 1 and count("canvas") >= 1, "spectrogram: the log-mel image and the value band"
+        if count("audio"):  # the inline WAV decodes: the player knows the clip's duration
+            locator.page.wait_for_function(
+                "el => el.querySelector('audio').readyState >= 1", arg=locator.element_handle(), timeout=B.TIMEOUT_MS)
+            duration = locator.evaluate("el => el.querySelector('audio').duration")
+            assert duration > 0 and duration == duration, f"spectrogram: the audio does not play (duration {duration})"
+            if "seconds" in expect:
+                assert abs(duration - expect["seconds"]) < 0.01, (duration, expect["seconds"])
+    elif kind == "frame_strip":
+        n = count("img")
+        assert n >= 1 and n == expect.get("frames", n), f"frame strip: {n} frames, expected {expect.get('frames')}"
+        assert count("img + canvas") == n, "frame strip: one heat canvas over each frame"
+    else:
+        raise AssertionError(f"unknown view kind {kind!r}: teach check_view what it draws")
+    return kind
+
+
+def check_page(opened: B.OpenedPage, min_views: int = 0) -> dict[str, int]:
+    """What every page must do: no JavaScript problem, nothing fetched, no broken image, every
+    in-page link resolves, every avlens view / plotly figure / circuitsvis view drawn. Returns
+    how many of each it found."""
+    page = opened.page
+    opened.assert_no_errors()
+    opened.assert_offline()
+    broken = page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80))")
+    assert not broken, f"images that did not load: {broken}"
+    assert not B.toc_problems(page), f"links to ids that do not exist: {B.toc_problems(page)}"
+    views = page.locator(".avlens-view")
+    for i in range(views.count()):
+        check_view(views.nth(i))
+    plots = page.locator(".plotly-graph-div")
+    for i in range(plots.count()):
+        plot = plots.nth(i)
+        assert plot.locator(".main-svg").count() >= 1, f"plotly figure {plot.get_attribute('id')} drew no SVG"
+        B.assert_rendered(plot, f"plotly figure {plot.get_attribute('id')}")
+    attn = page.locator("[id^='avlens-attn-']")  # Report.add_attention: circuitsvis AttentionPatterns
+    for i in range(attn.count()):
+        a = attn.nth(i)
+        assert a.locator("canvas").count() >= 1 and a.locator("button").count() >= 1, \
+            f"circuitsvis drew nothing in {a.get_attribute('id')}"
+        B.assert_rendered(a, f"circuitsvis view {a.get_attribute('id')}")
+    assert views.count() >= min_views, f"{views.count()} avlens views on the page, expected at least {min_views}"
+    return {"views": views.count(), "plotly": plots.count(), "attention": attn.count()}
+
+
+@pytest.fixture(scope="module")
+def toy(chromium):
+    """The toy model (random weights when no checkpoint ships) on one demo clip, with one head's
+    attention from the answer position and the group summary."""
+    import avlens
+    from avlens.cli import _random_toy_model, demo_clips
+    from avlens.data import synth, tasks
+    from avlens.toy import toy_available
+
+    model = avlens.load_toy() if toy_available() else _random_toy_model(0)
+    clips, examples = demo_clips(1)
+    batch = model.prepare_media([tasks.prompt_text(e) for e in examples], audio=[c.waveform for c in clips],
+                                video=[c.frames for c in clips], fps=synth.FPS, use_audio_in_video=True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(batch, names_filter="blocks.1.attn.hook_pattern")
+    last = int(batch.layout.positions("last", sample=0))
+    return SimpleNamespace(model=model, clip=clips[0], batch=batch, last=last,
+                           values=cache["blocks.1.attn.hook_pattern"][0, 0, last],
+                           summary=model.attention_group_summary(batch))
+
+
+# ================================================================================ (a) the demo report
+
+
+@pytest.fixture(scope="module")
+def demo(chromium, tmp_path_factory):
+    """`avlens demo` (small: 2 clips, 6 hub clips) written once and opened once."""
+    from avlens.cli import main
+
+    out = tmp_path_factory.mktemp("browser-demo") / "report"
+    assert main(["demo", "--out", str(out), "--n-clips", "2", "--hub-clips", "6", "--quiet"]) == 0
+    opened = B.open_page(chromium, (out / "index.html").as_uri())
+    yield opened
+    opened.close()
+
+
+@browser
+def test_demo_report_runs_without_javascript_errors_and_fetches_nothing(demo):
+    demo.assert_no_errors()
+    demo.assert_offline()
+
+
+@browser
+def test_demo_report_draws_every_figure_and_view(demo):
+    found = check_page(demo)
+    # the demo's attention heatmap, group flow and sink map (plotly, or avlens views that replace them)
+    assert found["plotly"] + found["views"] >= 3, found
+    assert found["attention"] + demo.page.locator(".avlens-drilldown").count() >= 1, found  # a circuitsvis view
+
+
+@browser
+def test_demo_report_table_of_contents_links_reach_their_sections(demo):
+    page = demo.page
+    links = page.locator("ol.toc a")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    assert len(hrefs) >= 5 and all(h.startswith("#") for h in hrefs), hrefs
+    sections = page.evaluate("() => [...document.querySelectorAll('section[id]')].map(s => s.id)")
+    assert [h[1:] for h in hrefs] == sections, (hrefs, sections)
+    links.nth(len(hrefs) - 1).click()  # the last section is far down the page: the click scrolls to it
+    page.wait_for_function("id => { const top = document.getElementById(id).getBoundingClientRect().top;"
+                           " return window.scrollY > 0 && top >= -1 && top < window.innerHeight; }",
+                           arg=hrefs[-1][1:], timeout=10_000)
+    assert page.evaluate("() => location.hash") == hrefs[-1]
+
+
+@browser
+def test_demo_layout_strip_is_drawn_in_group_colours(demo):
+    from avlens.layout import GROUP_COLORS
+
+    strip = demo.page.locator(".avlens-strip").first
+    B.assert_rendered(strip, "the layout strip")
+    colours = demo.page.evaluate(
+        "() => [...new Set([...document.querySelector('.avlens-strip').children].map(b => getComputedStyle(b).backgroundColor))]")
+
+    def rgb(hex_):
+        return f"rgb({int(hex_[1:3], 16)}, {int(hex_[3:5], 16)}, {int(hex_[5:7], 16)})"
+
+    assert {rgb(GROUP_COLORS[g]) for g in ("audio", "video", "text", "special")} <= set(colours), colours
+
+
+# ================================================================================ (b) a tutorial
+
+
+def _solution_notebook() -> Path:
+    found = sorted((ROOT / "tutorials" / "solutions").glob("*.ipynb"))
+    if not found:
+        pytest.fail("no solution notebook in tutorials/solutions/ (generate them with `make tutorials`)", pytrace=False)
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def tutorial(chromium, tmp_path_factory):
+    """The first solution notebook, executed (nbclient, when it has no outputs) and exported to
+    HTML (nbconvert's lab template, images embedded), opened once. Returns (opened page, exporter)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    path = _solution_notebook()
+    nb = nbformat.read(path, as_version=4)
+    if not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+        from nbclient import NotebookClient
+
+        env_threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        os.environ.update({k: v or "1" for k, v in env_threads.items()})  # the kernel inherits them
+        try:
+            NotebookClient(nb, timeout=600, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+        finally:
+            for k, v in env_threads.items():
+                if v is None:
+                    os.environ.pop(k, None)
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+    out = tmp_path_factory.mktemp("browser-tutorial") / f"{path.stem}.html"
+    out.write_text(body, encoding="utf-8")
+    opened = B.open_page(chromium, out.as_uri())
+    yield opened, exporter, nb
+    opened.close()
+
+
+@browser
+def test_tutorial_html_runs_without_javascript_errors(tutorial):
+    opened, exporter, _ = tutorial
+    opened.assert_no_errors()
+    # nbconvert's own template asks for require.js and MathJax from a CDN (answered empty here);
+    # the notebook's outputs, avlens's views among them, ask for nothing
+    template = tuple(u for u in (exporter.require_js_url, exporter.mathjax_url) if u)
+    others = [u for u in opened.external if not u.startswith(template)]
+    assert not others, f"the tutorial's outputs fetch from the network: {others}"
+
+
+@browser
+def test_tutorial_html_draws_its_views(tutorial):
+    opened, _, nb = tutorial
+    page = opened.page
+    opened.external.clear()  # the template's CDN requests are checked above
+    found = check_page(opened, min_views=1)
+    outputs = page.locator(".jp-OutputArea-output").count()
+    assert outputs >= sum(len(c.get("outputs", [])) for c in nb.cells if c.cell_type == "code") // 2, outputs
+    assert "Traceback" not in page.inner_text("body"), "a cell of the executed tutorial raised"
+    anchors = page.locator("a.anchor-link")
+    assert anchors.count() >= 3 and not B.toc_problems(page), "the section anchors of the tutorial resolve"
+    assert found["views"] >= 1, found
+
+
+# ================================================================================ (c) each view, standalone
+
+
+VIEW_KINDS = ("group_flow", "drilldown", "token_strip", "spectrogram", "frame_strip")
+
+
+def make_view(toy, kind: str, **kw):
+    """One view of each kind on the toy clip, with the expected element counts."""
+    from avlens import viz
+
+    lay = toy.batch.layout
+    if kind == "group_flow":
+        return viz.group_flow_view(toy.summary, **kw), {}
+    if kind == "drilldown":
+        v = viz.attention_drilldown(toy.model, toy.batch, layer=1, **kw)
+        return v, {"tokens": len(v.payload["tokens"])}
+    if kind == "token_strip":
+        v = viz.token_strip(lay, values=toy.values, query=toy.last, **kw)
+        return v, {"tokens": int((~lay.mask("pad")[0]).sum())}
+    if kind == "spectrogram":
+        from avlens.data import synth
+
+        wave = toy.clip.waveform
+        return viz.spectrogram_view(toy.batch, toy.values, waveform=wave, **kw), {"seconds": len(wave) / synth.SAMPLING_RATE}
+    if kind == "frame_strip":
+        v = viz.frame_strip_view(toy.batch, toy.values, frames=toy.clip.frames, **kw)
+        return v, {"frames": v.payload["steps"]}
+    raise ValueError(kind)
+
+
+@browser
+@pytest.mark.parametrize("kind", VIEW_KINDS)
+def test_each_view_saved_standalone_renders(chromium, toy, kind, tmp_path):
+    view, expect = make_view(toy, kind)
+    opened = B.open_page(chromium, view.save(tmp_path / f"{kind}.html").as_uri())
+    try:
+        check_page(opened, min_views=1)
+        assert check_view(opened.page.locator(".avlens-view").first, expect) == kind
+    finally:
+        opened.close()
+
+
+@browser
+def test_report_with_every_view_inlines_circuitsvis_once_and_draws_them_all(chromium, toy, tmp_path):
+    from avlens.viz import Report
+
+    report = Report("every view")
+    for kind in VIEW_KINDS + ("drilldown",):  # two drill-downs: the bundle is still inlined once
+        report.add_view(make_view(toy, kind)[0], title=kind)
+    text = report.render()
+    assert text.count("var CircuitsVis=") == 1
+    opened = B.open_page(chromium, report.write(tmp_path / "r").as_uri())
+    try:
+        assert check_page(opened, min_views=6)["views"] == 6
+        assert [_view_kind(opened.page.locator(".avlens-view").nth(i)) for i in range(6)] == list(VIEW_KINDS) + ["drilldown"]
+    finally:
+        opened.close()
+
+
+@browser
+def test_notebook_outputs_of_the_same_view_twice_both_render(chromium, toy, tmp_path):
+    """What Jupyter does with `view` shown in two cells: two `_repr_html_` fragments, each with its
+    own copy of the bundle, in one document."""
+    view, expect = make_view(toy, "drilldown")
+    path = tmp_path / "nb.html"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>"
+                    f"<div class='cell'>{view._repr_html_()}</div><div class='cell'>{view._repr_html_()}</div></body></html>",
+                    encoding="utf-8")
+    opened = B.open_page(chromium, path.as_uri())
+    try:
+        assert check_page(opened, min_views=2)["views"] == 2
+        for i in range(2):
+            check_view(opened.page.locator(".avlens-view").nth(i), expect)
+    finally:
+        opened.close()
+
+
+# ================================================================================ hostile token text
+
+
+def _hostile_tokens(n: int, real: list[str], positions) -> list[str]:
+    """`real` with the tokens at `positions` replaced by the hostile strings in turn."""
+    out = list(real)
+    for i, p in enumerate(positions):
+        out[int(p)] = HOSTILE[i % len(HOSTILE)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def hostile(chromium, toy, tmp_path_factory):
+    """One report whose every text channel carries the hostile strings: title, banner, text,
+    layout-strip row labels, circuitsvis AttentionPatterns tokens and head names, a plotly
+    heatmap's labels, the drill-down (from a pattern, and from the model with hostile token
+    text), the token strip's tokens, and the media views' titles and value labels."""
+    from avlens import viz
+    from avlens.viz import Report
+
+    model, batch, lay = toy.model, toy.batch, toy.batch.layout
+    real = list(model.to_str_tokens(batch, 0))
+    text_pos = lay.positions("text", sample=0).tolist()
+    tokens = _hostile_tokens(len(real), real, text_pos)
+    k = len(HOSTILE)
+    pat = torch.softmax(torch.randn(2, k, k, generator=torch.Generator().manual_seed(0)), -1).tril()
+    pat = pat / pat.sum(-1, keepdim=True)
+
+    report = Report(HOSTILE[0], banner=HOSTILE[1])
+    report.add_section(HOSTILE[2])
+    report.add_text(" | ".join(HOSTILE))
+    for h in HOSTILE:
+        report.add_html(viz.layout_strip_html(lay, row_labels=[h]))
+    report.add_attention(list(HOSTILE), pat, head_names=[HOSTILE[3], HOSTILE[4]], caption=HOSTILE[1])
+    report.add_plotly(viz.attention_heatmap(pat[0], list(HOSTILE), ["text"] * k, title=HOSTILE[2]))
+    report.add_view(viz.attention_drilldown_from_pattern(pat, list(HOSTILE), [("text", "audio", "video", "special")[i % 4] for i in range(k)],
+                                                         head_names=[HOSTILE[0], HOSTILE[1]], title=HOSTILE[3]),
+                    title="drill-down from a pattern")
+    with pytest.MonkeyPatch.context() as mp:  # the model's own path: attention_drilldown reads to_str_tokens
+        mp.setattr(model, "to_str_tokens", lambda *a, **kw: list(tokens))
+        drill = viz.attention_drilldown(model, batch, layer=1, window=text_pos[-12:])
+    report.add_view(drill, title="drill-down from the model")
+    report.add_view(viz.token_strip(lay, values=toy.values, str_tokens=tokens, value_label=HOSTILE[1],
+                                    title=HOSTILE[0], overlays=[]), title="token strip")
+    report.add_view(viz.spectrogram_view(batch, toy.values, value_label=HOSTILE[1], title=HOSTILE[2]), title="spectrogram")
+    report.add_view(viz.frame_strip_view(batch, toy.values, value_label=HOSTILE[4], title=HOSTILE[3]), title="frames")
+    opened = B.open_page(chromium, report.write(tmp_path_factory.mktemp("browser-hostile")).as_uri())
+    yield opened, [t for t in drill.payload["tokens"] if t[2:] in HOSTILE]
+    opened.close()
+
+
+@browser
+def test_hostile_token_text_never_runs(hostile):
+    opened, _ = hostile
+    page = opened.page
+    page.wait_for_timeout(200)  # an injected onerror/onload would have fired by now
+    assert page.evaluate("() => typeof window.__avlens_pwned") == "undefined", \
+        f"a hostile token ran: window.__avlens_pwned = {page.evaluate('() => window.__avlens_pwned')}"
+    injected = page.evaluate(f"""() => [...document.querySelectorAll({INJECTED!r})].map(e => {{
+        const where = []; for (let p = e.parentElement; p && where.length < 6; p = p.parentElement)
+            where.push(p.tagName.toLowerCase() + (p.id ? '#' + p.id : '') + (p.classList.length ? '.' + [...p.classList].join('.') : ''));
+        return e.outerHTML.slice(0, 120) + '  in  ' + where.join(' < '); }})""")
+    assert not injected, f"hostile token text became elements: {injected}"
+    opened.assert_no_errors()
+    opened.assert_offline()
+
+
+@browser
+def test_hostile_token_text_is_shown_as_text(hostile):
+    opened, drill_labels = hostile
+    page = opened.page
+    assert page.title() == HOSTILE[0]
+    assert page.inner_text("h1") == HOSTILE[0]
+    assert page.inner_text(".banner") == HOSTILE[1]
+    body = page.inner_text("body")
+    for h in HOSTILE:
+        assert h in body, f"{h!r} is not on the page as text"
+    strips = page.locator(".avlens-strip")
+    assert strips.count() == len(HOSTILE)
+    views = page.locator(".avlens-view")
+    kinds = [_view_kind(views.nth(i)) for i in range(views.count())]
+    assert kinds == ["drilldown", "drilldown", "token_strip", "spectrogram", "frame_strip"], kinds
+    from_pattern, from_model, strip, spec, frames = (views.nth(i).inner_text() for i in range(5))
+    for h in HOSTILE:
+        assert h in from_pattern and h in strip, h  # drill-down chips and token-strip tokens
+    assert drill_labels and all(lab in from_model for lab in drill_labels), drill_labels  # "T:<img src=x ...>"
+    assert HOSTILE[1] in strip and HOSTILE[2] in spec and HOSTILE[3] in frames  # value labels and titles
+    assert HOSTILE[3] in views.nth(0).inner_text()  # the drill-down's title
+    cv = page.locator("[id^='avlens-attn-']").first  # circuitsvis AttentionPatterns: token buttons, head names
+    squash = lambda t: " ".join(t.replace("\xa0", " ").split())  # noqa: E731  (it shows the first space as &nbsp;)
+    shown = [squash(cv.locator("button").nth(i).inner_text()) for i in range(len(HOSTILE))]
+    assert shown == [squash(h) for h in HOSTILE]
+
+
+@browser
+def test_hostile_page_still_draws_everything(hostile):
+    opened, _ = hostile
+    found = check_page(opened, min_views=5)
+    assert found == {"views": 5, "plotly": 1, "attention": 1}, found
+
+
+@browser
+def test_hostile_drilldown_saved_standalone_and_as_notebook_output(chromium, tmp_path):
+    from avlens.viz import attention_drilldown_from_pattern
+
+    k = len(HOSTILE)
+    view = attention_drilldown_from_pattern(torch.full((1, k, k), 1.0 / k).tril(), list(HOSTILE), ["text"] * k, title=HOSTILE[0])
+    nb = tmp_path / "nb.html"
+    nb.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{view._repr_html_()}</body></html>",
+                  encoding="utf-8")
+    for path in (view.save(tmp_path / "drill.html"), nb):
+        opened = B.open_page(chromium, path.as_uri())
+        try:
+            page = opened.page
+            assert page.evaluate("() => typeof window.__avlens_pwned") == "undefined", path.name
+            check_page(opened, min_views=1)
+            text = page.inner_text(".avlens-view")
+            assert all(h in text for h in HOSTILE), (path.name, text[:500])
+        finally:
+            opened.close()
+
+
+# ================================================================================ skip or fail
+
+
+def test_missing_browser_skips_loudly_or_fails_when_required(monkeypatch):
+    """No browser needed: the skip / fail rule itself (`AVLENS_REQUIRE_BROWSER`)."""
+    monkeypatch.setenv("AVLENS_CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("AVLENS_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="BROWSER TESTS SKIPPED.*install Debian chromium"):
+        B.find_chromium()
+    for value in ("1", "true"):
+        monkeypatch.setenv("AVLENS_REQUIRE_BROWSER", value)
+        with pytest.raises(pytest.fail.Exception, match="NO BROWSER.*AVLENS_REQUIRE_BROWSER=1.*install Debian chromium"):
+            B.find_chromium()
+    monkeypatch.setenv("AVLENS_REQUIRE_BROWSER", "0")
+    with pytest.raises(pytest.skip.Exception):
+        B.find_chromium()
+
+
+def test_browser_without_playwright_skips_or_fails(monkeypatch):
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)  # import raises ImportError
+    monkeypatch.delenv("AVLENS_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="BROWSER TESTS SKIPPED: playwright"):
+        with B.launch():
+            pass
+    monkeypatch.setenv("AVLENS_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="playwright"):
+        with B.launch():
+            pass
+
+
+def test_blank_and_drawn_screenshots_are_told_apart():
+    import io
+
+    from PIL import Image, ImageDraw
+
+    def png(im):
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        return buf.getvalue()
+
+    blank = Image.new("RGB", (200, 100), "white")
+    assert B.ink(png(blank)) == (1, 0.0)
+    drawn = blank.copy()
+    ImageDraw.Draw(drawn).rectangle([10, 10, 109, 59], fill=(43, 108, 176))  # 100 x 50 pixels
+    ImageDraw.Draw(drawn).rectangle([150, 0, 159, 99], fill=(232, 135, 30))  # 10 x 100 pixels
+    n, frac = B.ink(png(drawn))
+    assert n == 3 and frac == pytest.approx((5000 + 1000) / 20000)
