@@ -465,6 +465,36 @@ def test_hostile_drilldown_saved_standalone_and_as_notebook_output(chromium, tmp
             opened.close()
 
 
+@browser
+def test_notebook_reprs_render_offline_and_keep_token_text_inert(chromium, toy, tmp_path):
+    """The `_repr_html_` cards a notebook shows for a layout, a batch and the group summary, plus a
+    layout whose token text is hostile (it goes into the strips' hover titles)."""
+    from avlens.layout import BatchLayout
+
+    lay = toy.batch.layout
+    real = list(toy.model.to_str_tokens(toy.batch, 0))
+    tokens = _hostile_tokens(len(real), real, lay.positions("text", sample=0).tolist())
+    hostile_layout = BatchLayout(dict(lay.masks), lay.time, lay.chunk, lay.media_index, str_tokens=[tokens])
+    cells = [lay._repr_html_(), toy.batch._repr_html_(), toy.summary._repr_html_(), hostile_layout._repr_html_()]
+    path = tmp_path / "reprs.html"
+    path.write_text("<!doctype html><html><head><meta charset='utf-8'></head><body>" + "".join(
+        f"<div class='cell' id='cell-{i}' style='margin:12px 0'>{c}</div>" for i, c in enumerate(cells)) + "</body></html>",
+        encoding="utf-8")
+    opened = B.open_page(chromium, path.as_uri())
+    try:
+        page = opened.page
+        check_page(opened)
+        for i in range(len(cells)):
+            B.assert_rendered(page.locator(f"#cell-{i}"), f"repr {i}")
+        assert page.evaluate("() => typeof window.__avlens_pwned") == "undefined"
+        assert page.locator("img[src='x'], [onerror], [onload]").count() == 0
+        assert page.locator("#cell-3 b").count() == page.locator("#cell-0 b").count()  # the card's own title only
+        titles = page.evaluate("() => [...document.querySelectorAll('#cell-3 [title]')].map(e => e.title)")
+        assert any(HOSTILE[0][:20] in t for t in titles), titles  # the hover text holds the token as text
+    finally:
+        opened.close()
+
+
 # ================================================================================ skip or fail
 
 
