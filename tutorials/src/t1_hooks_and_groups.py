@@ -310,6 +310,25 @@ viz.token_strip(batch, values=pattern0[0, head, last0], sample=0, str_tokens=mod
                        query=last0, value_label=f"attention from the answer position (block 0, head {head})")
 
 # %% [markdown]
+# Media tokens mean more on their media. `avlens.viz.spectrogram_view` draws the same values over
+# the audio tokens as a heat band on the clip's log-mel spectrogram, on one time axis, with the
+# audio playable in the page (press play: the dog barks where the answer position looks).
+# `avlens.viz.frame_strip_view` draws values over the video tokens as heat on each frame's patch
+# grid; here for the piano clip, the head of block 0 whose answer position looks most at video.
+# Even that head gives each video token only about 1 % of its attention: the answer position does
+# not read the video directly (tutorial 2 finds the route, through the question's tokens).
+
+# %%
+viz.spectrogram_view(batch, values=pattern0[0, head, last0], sample=0, waveform=clips[0].waveform,
+                     value_label=f"attention from the answer position (block 0, head {head})")
+
+# %%
+last1 = int(layout.positions("last", sample=1))
+video_head = int(pattern0[1, :, last1][:, layout.mask("video")[1]].sum(-1).argmax())
+viz.frame_strip_view(batch, values=pattern0[1, video_head, last1], sample=1, frames=clips[1].frames,
+                     value_label=f"attention from the answer position (block 0, head {video_head})")
+
+# %% [markdown]
 # To see whole attention patterns, drill down into a window of positions: `attention_drilldown`
 # runs the model up to one layer and keeps only the window's rows and columns (circuitsvis's
 # `attention_heads` view, tokens labelled and coloured by group). By default the window is the last

@@ -221,6 +221,15 @@ str_tokens = model.to_str_tokens(clean, 0)
 viz.token_strip(clean, values=by_position.values[0], str_tokens=str_tokens,
                        value_label="P(answer) with this position's clean state restored at block 0")
 
+# %% [markdown]
+# The audio tokens' effects on the clip's spectrogram, on one time axis with the audio playable:
+# the tokens that restore the answer on their own sit at the onsets of two of the seven barks
+# (around 1.7 s and 2.8 s); the other barks' tokens, one at a time, restore little.
+
+# %%
+viz.spectrogram_view(clean, values=by_position.values[0], waveform=clip.waveform,
+                     value_label="P(answer) with this audio token restored at block 0")
+
 # %%
 for _, r in by_position.top(6).iterrows():
     p = int(r["position"])

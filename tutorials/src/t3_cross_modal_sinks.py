@@ -44,7 +44,8 @@ from tutorials import checks
 # %%
 torch.set_grad_enabled(False)
 model = avlens.load_toy()
-samples = analysis.toy_samples(model, synth.make_dataset(8, seed=1000))  # 8 held-out clips, one prompt each
+clips = synth.make_dataset(8, seed=1000)  # 8 held-out clips
+samples = analysis.toy_samples(model, clips)  # one multiple-choice prompt each
 sample = samples[0]
 batch = sample.batch
 print(sample.id, sample.info)
@@ -223,8 +224,16 @@ for layer in range(model.cfg.n_layers):
 report = analysis.find_sinks(model, batch, dims=[], eps=0.1)
 print(report)
 print("found by:", report.found_by())
-viz.token_strip(batch, values=report.attention_scores[0].amax(1).amax(0), str_tokens=model.to_str_tokens(batch, 0),
-                       value_label="attention sink score (max over layers and heads)")
+sink_score = report.attention_scores[0].amax(1).amax(0)  # [pos]: max over layers and heads
+viz.token_strip(batch, values=sink_score, str_tokens=model.to_str_tokens(batch, 0),
+                value_label="attention sink score (max over layers and heads)")
+
+# %% [markdown]
+# The video tokens' sink scores on the frames they come from: the strongest media sinks are the
+# first patch tokens of each 2-second chunk, wherever the object is.
+
+# %%
+viz.frame_strip_view(batch, values=sink_score, frames=clips[0].frames, value_label="attention sink score")
 
 # %% [markdown]
 # The per-layer sink lists are reduced to **global sinks** by the official rule: concatenate the
