@@ -4,12 +4,12 @@
     out = decode(model, AVPrompt(text, audio=wave, video=frames), SinkSteering(), max_new_tokens=16)
 """
 
-from avlens.mitigation.decoding import AVPrompt, Branch, DecodeOutput, Method, MethodRun, NotApplicable, Plain, decode
+from avlens.mitigation.decoding import AVPrompt, Branch, DecodeOutput, Method, MethodRun, NotApplicable, NothingToSteer, Plain, decode
 from avlens.mitigation.guidance import AdaptiveGuidance, guidance_target
 from avlens.mitigation.steering import (VAR, SinkConfig, SinkSteering, SteeringSinks, boost_layers, boost_scores, guidance_band,
                                         redistribute_pattern, steering_sinks)
 
-__all__ = ["AVPrompt", "Branch", "DecodeOutput", "Method", "MethodRun", "NotApplicable", "Plain", "decode", "AdaptiveGuidance", "guidance_target",
+__all__ = ["AVPrompt", "Branch", "DecodeOutput", "Method", "MethodRun", "NotApplicable", "NothingToSteer", "Plain", "decode", "AdaptiveGuidance", "guidance_target",
            "VAR", "SinkConfig", "SinkSteering", "SteeringSinks", "boost_layers", "boost_scores", "guidance_band",
            "redistribute_pattern", "steering_sinks", "compare_methods", "default_methods"]
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avlens.mitigation.decoding import AVPrompt, Branch, Method, MethodRun, NotApplicable
+from avlens.mitigation.decoding import AVPrompt, Branch, Method, MethodRun, NotApplicable, NothingToSteer
 from avlens.mitigation.steering import _pad_keys, boost_hooks
 
 __all__ = ["pai_contrast", "vcd_contrast", "diffusion_noise", "PAI", "VCD", "strip_media_placeholders", "avcd_contrast",
@@ -94,7 +94,7 @@ class PAI(Method):
         keys = lay.mask("audio") | lay.mask("video") | lay.mask("image")
         layers = list(range(self.start_layer, model.cfg.n_layers))
         if not layers or not bool(keys.any(1).all()):
-            raise ValueError("PAI needs media tokens in every sample and start_layer < n_layers; it would change nothing")
+            raise NothingToSteer("PAI needs media tokens in every sample and start_layer < n_layers; it would change nothing")
         text = self.strip(prompt.text)
         if text == prompt.text:
             raise ValueError("PAI's media-free prompt equals the prompt: pass strip= that removes this family's media placeholders")
@@ -125,7 +125,7 @@ class VCD(Method):
             raw[key] = diffusion_noise(raw[key], self.noise_step, generator=gen)
             done.append(m)
         if not done or not hasattr(model, "encode_media"):
-            raise ValueError(f"VCD found no raw {self.modalities} inputs to noise in this batch (build it with prepare / prepare_media)")
+            raise NothingToSteer(f"VCD found no raw {self.modalities} inputs to noise in this batch (build it with prepare / prepare_media)")
         with torch.no_grad():
             fresh = model.encode_media(raw)
         for m in done:
@@ -190,7 +190,7 @@ def avcd_selection(attn: Tensor, groups: dict, quantile: float = 0.5) -> tuple[l
         for m in AVCD_MODALITIES:
             g = groups[m][b]
             if not bool(g.any()):
-                raise ValueError(f"AVCD needs text, video and audio tokens in every sample; sample {b} has no {m} tokens")
+                raise NothingToSteer(f"AVCD needs text, video and audio tokens in every sample; sample {b} has no {m} tokens")
             per[m] = float((head_mean[:, b] * g).sum(-1).mean() / g.sum())
         dominant.append(max(AVCD_MODALITIES, key=lambda m: per[m]))
     thr = torch.quantile(attn.float().mean(0), quantile, dim=-1).mean(-1)  # [b]
@@ -278,7 +278,7 @@ class AVCD(Method):
         groups = {"text": avcd_text_mask(lay), "video": lay.mask("video") | lay.mask("image"), "audio": lay.mask("audio")}
         for m, g in groups.items():
             if not bool(g.any(1).all()):
-                raise ValueError(f"AVCD needs text, video and audio tokens in every sample; some sample has no {m} tokens")
+                raise NothingToSteer(f"AVCD needs text, video and audio tokens in every sample; some sample has no {m} tokens")
         L = model.cfg.n_layers
         layers = list(range(L - 1)) if self.layers is None else self.layers
         bad = [l for l in layers if not 0 <= l < L]

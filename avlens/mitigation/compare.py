@@ -27,7 +27,7 @@ import numpy as np
 
 from avlens.analysis.hallucination import (AVH_YES_NO_TASKS, ObjectVocabulary, bootstrap_ci, judge_avhbench, read_records,
                                            score_avhbench, score_captions)
-from avlens.mitigation.decoding import AVPrompt, Method, NotApplicable, Plain, decode
+from avlens.mitigation.decoding import AVPrompt, Method, NothingToSteer, NotApplicable, Plain, decode
 
 __all__ = ["compare_methods", "Comparison", "toy_prompt"]
 
@@ -181,7 +181,7 @@ def compare_methods(model, bench: str, methods: Optional[dict[str, Method]] = No
             except NotApplicable as e:  # the method cannot run on this model at all: its row says so
                 a["na"] = str(e)
                 continue
-            except ValueError:  # nothing to steer on this sample (e.g. no cross-modal sink): plain decoding, counted
+            except NothingToSteer:  # nothing to act on in this sample (e.g. no cross-modal sink): plain decoding, counted
                 o, applied = decode(model, p, Plain(), n_new, eos), False
             toks = [t for t in o.tokens[0].tolist() if t != eos]
             text = model.tokenizer.decode(toks).strip()

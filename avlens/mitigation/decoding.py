@@ -23,9 +23,15 @@ from avlens.batch import AVBatch
 from avlens.layout import BatchLayout
 from avlens.model.components import KVCache
 
-__all__ = ["AVPrompt", "Branch", "MethodRun", "Method", "Plain", "DecodeOutput", "decode", "KEEP", "NotApplicable"]
+__all__ = ["AVPrompt", "Branch", "MethodRun", "Method", "Plain", "DecodeOutput", "decode", "KEEP", "NotApplicable", "NothingToSteer"]
 
 KEEP = object()  # "keep this prompt's media" in AVPrompt.build
+
+
+class NothingToSteer(ValueError):
+    """The method has nothing to act on for this prompt (no cross-modal sink, no media, no row that
+    qualifies): raised instead of silently decoding plainly. `compare_methods` decodes such a
+    prompt plainly and counts it in `n_not_applied`; any other error propagates."""
 
 
 class NotApplicable(Exception):

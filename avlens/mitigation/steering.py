@@ -23,7 +23,7 @@ from torch import Tensor
 
 from avlens.analysis.dominance import cross_modal_split, modality_dominance
 from avlens.analysis.sinks import find_sinks
-from avlens.mitigation.decoding import Branch, Method, MethodRun
+from avlens.mitigation.decoding import Branch, Method, MethodRun, NothingToSteer
 
 __all__ = ["SinkConfig", "SteeringSinks", "steering_sinks", "boost_scores", "boost_layers", "guidance_band",
            "query_mask", "SinkSteering", "redistribute_pattern", "VAR"]
@@ -193,7 +193,7 @@ class SinkSteering(Method):
             raise ValueError(f"no layer l > round({self.after} * {model.cfg.n_layers} / {self.of}) to steer")
         if not bool(keys.any(1).all()):
             bad = (~keys.any(1)).nonzero().flatten().tolist()
-            raise ValueError(f"samples {bad} have no {self.target} sinks (SinkConfig {self.sinks}); steering would change "
+            raise NothingToSteer(f"samples {bad} have no {self.target} sinks (SinkConfig {self.sinks}); steering would change "
                              "nothing. Use a looser sink definition (e.g. SinkConfig('attention', eps=0.1, dims=[])) or skip them.")
         self._last_sinks = sinks
         return boost_hooks(batch, keys, layers, self.alpha)
@@ -275,7 +275,7 @@ class VAR(Method):
         media = {m: lay.mask(m).cpu() for m in ("audio", "video", "image") if bool(lay.mask(m).any())}
         layers = [l for l in range(L - 1) if bool(per_layer[l].any())]
         if not layers:
-            raise ValueError(f"no sinks in layers 0..{L - 2} (SinkConfig {c}); VAR would change nothing")
+            raise NothingToSteer(f"no sinks in layers 0..{L - 2} (SinkConfig {c}); VAR would change nothing")
         last_media = _last_media(batch)
         queries = _StepMemo(lambda n_q, start, k, dev: query_mask(batch, n_q, start, last_media=last_media.to(dev)))
 
