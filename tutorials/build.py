@@ -295,7 +295,10 @@ def parse(text: str, path: str = "<source>") -> Tutorial:
             if n == 0:
                 raise TutorialSourceError(path, code.line, "an exercise's code cell needs at least one '# EXERCISE' / "
                                                            "'# SOLUTION' / '# END' block")
-            header = "\n".join([c.lines[0], "", exercise_block(d, imp, int(a["minutes"])), "", *c.lines[1:]])
+            rest = c.lines[1:]
+            while rest and not rest[0].strip():
+                rest.pop(0)
+            header = "\n".join([c.lines[0], "", exercise_block(d, imp, int(a["minutes"]))] + (["", *rest] if rest else []))
             exercises.append(Exercise(
                 name=a["name"], title=c.lines[0][len("### Exercise - "):].strip(), difficulty=d,
                 importance=imp, minutes=int(a["minutes"]), check=a.get("check", f"test_{a['name']}"),

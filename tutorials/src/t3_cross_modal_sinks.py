@@ -153,6 +153,10 @@ print("hidden-state sinks (layer, position):", planted_report.is_sink.nonzero().
 
 # %% [exercise] name=hidden_sink_scores difficulty=1 importance=3 minutes=10
 # ### Exercise - implement `hidden_sink_scores`
+#
+# For every token, the largest `|x_hat_d|` over the sink dimensions `dims`, with
+# `x_hat = x / sqrt(mean(x^2) + 1e-6)` over `d_model`, computed in float32 (a bfloat16 model's
+# residual squared loses too much precision).
 
 # %%
 def hidden_sink_scores(resid: Float[Tensor, "batch pos d_model"], dims: list[int]) -> Float[Tensor, "batch pos"]:
