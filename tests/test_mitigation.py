@@ -403,3 +403,48 @@ def test_batch_layout_cat_stacks_samples():
     assert c.batch_size == 3 and torch.equal(c.mask("pad"), torch.tensor([[0, 0, 0], [1, 0, 0], [0, 0, 0]]).bool())
     with pytest.raises(ValueError, match="one length"):
         BatchLayout.cat([a, BatchLayout.text_only(torch.ones(1, 4))])
+
+
+def test_adaptive_guidance_metrics_equal_the_official_definitions_by_brute_force(toy, prompt):
+    """Step 0's cross / uni / text mass recomputed with loops from the cached prefill patterns, as
+    the official `_calculate_adaptive_metrics`: per band layer, cross = mean over heads and sinks on
+    the audio cross-modal sinks + the same on the video ones (uni likewise), text mass = head-mean
+    attention on the positions after the last media token; then averaged over the band's layers.
+    The strengths follow the schedule with momentum 0.5 from those metrics."""
+    ag = AdaptiveGuidance(SinkSteering(sinks=TOY_SINKS), warmup_steps=0)
+    batch = prompt.build(toy)
+    sinks = steering_sinks(toy, batch, TOY_SINKS)
+    assert sinks.cross["audio"][0] or sinks.cross["video"][0]
+    band = guidance_band(toy.cfg.n_layers)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in band]
+    _, cache = toy.run_with_cache(batch, names_filter=names)
+    H, n = toy.cfg.n_heads, batch.shape[1]
+    labels = batch.layout.labels(0)
+    text_start = max(k for k in range(n) if labels[k] in ("audio", "video")) + 1
+
+    def mean_over(nm, idx):
+        if not idx:
+            return 0.0
+        return sum(float(cache[nm][0, h, -1, k]) for h in range(H) for k in idx) / (H * len(idx))
+
+    cross = sum(mean_over(nm, sinks.cross["audio"][0]) + mean_over(nm, sinks.cross["video"][0]) for nm in names) / len(names)
+    uni = sum(mean_over(nm, sinks.unimodal["audio"][0]) + mean_over(nm, sinks.unimodal["video"][0]) for nm in names) / len(names)
+    tm = sum(sum(float(cache[nm][0, h, -1, k]) for h in range(H) for k in range(text_start, n)) / H for nm in names) / len(names)
+    out = decode(toy, prompt, ag, max_new_tokens=4)
+    run = out.run
+    c0, u0, t0 = (float(x[0]) for x in run.metrics[0])
+    assert abs(c0 - cross) < 1e-6 and abs(u0 - uni) < 1e-6 and abs(t0 - tm) < 1e-6
+    # the schedule, by hand: w = cross / (cross + uni), target = min(0.6, 0.5 w), cosine decay above
+    # text mass 0.4 over 0.2, (w / 0.6)^2 below 0.6; s_t = 0.5 s_{t-1} + 0.5 target_t
+    prev = 0.0
+    for t, (c, u, m) in enumerate(run.metrics):
+        c, u, m = float(c[0]), float(u[0]), float(m[0])
+        w = c / (c + u)
+        target = min(0.6, 0.5 * w)
+        if m > 0.4:
+            target *= 0.5 * (1 + math.cos(math.pi * min(1.0, (m - 0.4) / 0.2)))
+        if w < 0.6:
+            target *= (w / 0.6) ** 2
+        prev = 0.5 * prev + 0.5 * target
+        assert abs(float(run.history[t][0]) - prev) < 1e-9, t
+    assert len(run.metrics) == 4 and float(run.history[-1][0]) > 0

@@ -4,10 +4,14 @@ Cross-modal Information Hubs in Audio-Visual LLMs*, ICML 2026, Sec. 6; official 
 `adaptive_guidance_new.py` as `variant="gated"`).
 
 Two branches, each with its own KV cache, one loop. At step t, from the original branch's
-last-query attention in the band `round(18 L / 28) .. round(25 L / 28)`:
+last-query attention in the band `round(18 L / 28) .. round(25 L / 28)` (per layer, then averaged
+over the band's layers, as the official `_calculate_adaptive_metrics`):
 
-    cross = mean attention on the cross-modal sinks (both modalities), uni = the same on the unimodal sinks
-    tm    = attention mass on the non-media positions (text, special, generated tokens)
+    cross = mean attention (over heads and sinks) on the audio cross-modal sinks
+            + the same on the video cross-modal sinks          (official: av_sink + va_sink)
+    uni   = the same on the unimodal sinks                      (official: aa_sink + vv_sink)
+    tm    = attention mass on the positions after the last media token (the text after the media
+            and the generated tokens; official: `[..., text_token_start:]`), head-averaged
     complex: w = cross / (cross + uni); target = min(cap, base_strength * w)
              if tm > tm_lo: target *= 0.5 (1 + cos(pi min(1, (tm - tm_lo) / tm_width)))
              if w < w_threshold: target *= (w / w_threshold)^2
@@ -16,7 +20,9 @@ last-query attention in the band `round(18 L / 28) .. round(25 L / 28)`:
     output = log p_orig + s_t (log p_steered - log p_orig)
 
 Defaults: cap 0.6, base_strength 0.5, tm_lo 0.4, tm_width 0.2, w_threshold 0.6, momentum 0.5,
-gate_tm 0.5, warmup_steps 1 (strength 0 at the first decoding step). Note that with the defaults a
+gate_tm 0.5, warmup_steps 1 (strength 0 at the first decoding step). A modality without
+cross-modal (or unimodal) sinks contributes 0 to its sum (the official code's mean over an empty
+index set would be NaN). Note that with the defaults a
 one-token answer (yes/no) is the original model's: set `warmup_steps=0` to guide the first token.
 """
 
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from avlens.mitigation.decoding import Branch, Method, MethodRun
-from avlens.mitigation.steering import SinkSteering, _pad_keys, guidance_band, steering_sinks
+from avlens.mitigation.steering import SinkSteering, _last_media, _pad_keys, guidance_band, steering_sinks
 
 __all__ = ["guidance_target", "AdaptiveGuidance"]
 
@@ -55,24 +61,33 @@ def guidance_target(cross: Tensor, uni: Tensor, tm: Tensor, base_strength: float
 
 
 class _GuidanceRun(MethodRun):
-    def __init__(self, branches, method: "AdaptiveGuidance", cross, uni, media, n_layers):
+    def __init__(self, branches, method: "AdaptiveGuidance", sink_masks: dict[str, Tensor], text_start: Tensor, n_layers):
         super().__init__(branches)
         self.m = method
-        self.cross, self.uni, self.media = cross, uni, media  # [b, n_prompt] bool
+        # {"cross_audio", "cross_video", "uni_audio", "uni_video"}: [b, n_prompt] bool; text_start: [b]
+        self.sink_masks, self.text_start = sink_masks, text_start
         self.acc: list[tuple[Tensor, Tensor, Tensor]] = []
         self.s: Optional[Tensor] = None
         self.history: list[Tensor] = []
+        self.metrics: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: (cross, uni, text mass), band-averaged
 
     def record(self, pattern: Tensor) -> None:
         a = pattern[:, :, -1, :].float().mean(1)  # [b, k]: last query, head-averaged
         k = a.shape[1]
-        c, u, med = (_pad_keys(x.to(a.device), k) for x in (self.cross, self.uni, self.media))
-        mean_on = lambda m: (a * m).sum(-1) / m.sum(-1).clamp(min=1)  # noqa: E731
-        self.acc.append((mean_on(c), mean_on(u), (a * ~med).sum(-1)))
+
+        def mean_on(name: str) -> Tensor:  # mean over the set's sinks (0 for an empty set)
+            m = _pad_keys(self.sink_masks[name].to(a.device), k)
+            return (a * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+        cross = mean_on("cross_audio") + mean_on("cross_video")
+        uni = mean_on("uni_audio") + mean_on("uni_video")
+        after = torch.arange(k, device=a.device)[None, :] >= self.text_start.to(a.device)[:, None]
+        self.acc.append((cross, uni, (a * after).sum(-1)))
 
     def combine(self, step, logits):
         cross, uni, tm = (torch.stack(x).mean(0) for x in zip(*self.acc))
         self.acc = []
+        self.metrics.append((cross, uni, tm))
         m = self.m
         target = guidance_target(cross, uni, tm, m.base_strength, m.cap, m.tm_lo, m.tm_width, m.w_threshold, m.variant, m.gate_tm)
         if step < m.warmup_steps:
@@ -108,9 +123,14 @@ class AdaptiveGuidance(Method):
         sinks = steering_sinks(model, batch, self.steering.sinks)
         steer_hooks = self.steering.fwd_hooks(model, batch, sinks)
         b, n = batch.shape
-        lay = batch.layout
-        media = lay.mask("audio") | lay.mask("video") | lay.mask("image") | lay.mask("pad")
-        run = _GuidanceRun([], self, sinks.mask("cross", b, n), sinks.mask("unimodal", b, n), media, model.cfg.n_layers)
+        masks = {}
+        for kind, d in (("cross", sinks.cross), ("uni", sinks.unimodal)):
+            for m in ("audio", "video"):
+                mk = torch.zeros(b, n, dtype=torch.bool)
+                for i in range(b):
+                    mk[i, d[m][i]] = True
+                masks[f"{kind}_{m}"] = mk
+        run = _GuidanceRun([], self, masks, _last_media(batch) + 1, model.cfg.n_layers)
 
         def rec(pattern, hook):
             run.record(pattern)
