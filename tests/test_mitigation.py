@@ -448,3 +448,63 @@ def test_adaptive_guidance_metrics_equal_the_official_definitions_by_brute_force
         prev = 0.5 * prev + 0.5 * target
         assert abs(float(run.history[t][0]) - prev) < 1e-9, t
     assert len(run.metrics) == 4 and float(run.history[-1][0]) > 0
+
+
+def test_generate_with_a_method_equals_decode_and_composes_with_hooks(toy, prompt):
+    from avlens.mitigation.baselines import VCD
+
+    steer = SinkSteering(sinks=TOY_SINKS)
+    for method in (steer, VCD()):
+        ref = decode(toy, prompt, method, max_new_tokens=4)
+        out = toy.generate(prompt, max_new_tokens=4, method=method)
+        assert torch.equal(out.tokens, ref.tokens)
+        torch.testing.assert_close(out.logits, ref.scores)
+        assert out.method_output.n_branches == ref.n_branches
+        assert out.sequences.shape[1] == prompt.build(toy).shape[1] + out.tokens.shape[1]
+    # extra hooks fire on every branch's forwards, and nothing stays registered
+    calls = []
+    toy.generate(prompt, max_new_tokens=3, method=VCD(),
+                 fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: calls.append(x.shape[0]))])
+    assert len(calls) == 2 + 2  # prefill of each of the 2 branches, then 2 stacked steps
+    assert calls[-1] == 2  # a stacked step carries both branches' rows
+    assert not any(hp.fwd_hooks for hp in toy.hook_dict.values())
+    with pytest.raises(ValueError, match="greedily"):
+        toy.generate(prompt, max_new_tokens=2, method=steer, do_sample=True)
+
+
+def test_methods_run_on_a_random_qwen2_5_omni_thinker():
+    """Not only the toy: every method on a tiny random Qwen2.5-Omni thinker with real processor
+    outputs (the test fixtures' tokenizer and media); stacked branches equal one forward per branch,
+    MAD is not applicable (the vocabulary lacks its words), nothing stays registered."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import hf_reference as R
+    from fixtures import make_media_fixtures as F
+
+    import avlens
+    from avlens.mitigation import NotApplicable
+    from avlens.mitigation.baselines import AVCD, MAD, PAI, VCD
+
+    torch.manual_seed(0)
+    v = dict(R.get_variant("gqa2_hd16"))
+    v["num_hidden_layers"] = 6
+    model = avlens.HookedAVTransformer.from_hf(R.make_hf_thinker(v, attn="eager"))
+    model.tokenizer = F.tiny_omni_tokenizer()
+    raw = F.media()
+    text = "<|im_start|> user <|vision_bos|><|VIDEO|><|vision_eos|> what is making the sound ? <|im_end|> <|im_start|> assistant"
+    p = AVPrompt(text, audio=raw["omni_audio0"], video=raw["omni_video0"], fps=2.0, kwargs=dict(video_kwargs=F.OMNI_VIDEO))
+    loose = SinkConfig("attention", eps=0.05, dims=[])
+    methods = {"steer": SinkSteering(sinks=loose), "guidance": AdaptiveGuidance(SinkSteering(sinks=loose), warmup_steps=0),
+               "var": VAR(sinks=loose), "pai": PAI(), "vcd": VCD(), "avcd": AVCD()}
+    plain = decode(model, p, Plain(), max_new_tokens=4)
+    for name, m in methods.items():
+        a = decode(model, p, m, max_new_tokens=4)
+        b = decode(model, p, m, max_new_tokens=4, stack_branches=False)
+        assert torch.equal(a.tokens, b.tokens), name
+        torch.testing.assert_close(a.scores, b.scores, atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(a.scores.float(), plain.scores.float()), f"{name} changed nothing"
+    with pytest.raises(NotApplicable):
+        decode(model, p, MAD(), max_new_tokens=2)
+    assert not any(hp.fwd_hooks for hp in model.hook_dict.values())

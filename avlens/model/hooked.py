@@ -47,6 +47,7 @@ class GenerateOutput:
     logits: Optional[Tensor]
     sequences: Optional[Tensor]
     batch: AVBatch
+    method_output: Any = None  # with `generate(method=...)`: the `avlens.mitigation.DecodeOutput`
 
     def __repr__(self) -> str:
         return f"GenerateOutput(tokens={tuple(self.tokens.shape)}, logits={None if self.logits is None else tuple(self.logits.shape)})"
@@ -656,6 +657,7 @@ class HookedAVTransformer(HookedRootModule):
         fwd_hooks: Sequence = (),
         return_logits: bool = True,
         verbose: bool = False,
+        method=None,
     ) -> GenerateOutput:
         """Greedy or sampled decoding with a KV cache.
 
@@ -664,9 +666,27 @@ class HookedAVTransformer(HookedRootModule):
         the absolute position where the call starts. 3-D rotary positions continue from the
         batch's per-sample `rope_deltas`: position = (real tokens so far) + delta on all axes.
         Samples that emit `eos_token_id` are padded with `pad_token_id` afterwards.
+
+        `method`: a decoding-time intervention from `avlens.mitigation` (`SinkSteering`,
+        `AdaptiveGuidance`, `VAR`, `PAI`, `VCD`, `AVCD`, `MAD`, ...): decoding goes through
+        `avlens.mitigation.decode` (greedy, every branch on its own KV cache); `logits` are the
+        method's combined scores, `method_output` the full `DecodeOutput`; `fwd_hooks` are active on
+        every branch's forwards. Methods that rebuild the prompt (`MAD`, `PAI`) need `input` to be
+        an `avlens.mitigation.AVPrompt`.
         """
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if method is not None:
+            if do_sample:
+                raise ValueError("generate(method=...) decodes greedily, as the published methods do; drop do_sample=True")
+            from avlens.mitigation.decoding import decode
+
+            with self.hooks(fwd_hooks=list(fwd_hooks)):
+                out = decode(self, input, method, max_new_tokens, eos_token_id, pad_token_id)
+            prompt_batch = out.run.branches[0].batch if out.run is not None and out.run.branches else self._to_batch(input)
+            ids = prompt_batch.input_ids
+            seq = torch.cat([ids.to(out.tokens.device), out.tokens], 1) if ids is not None else None
+            return GenerateOutput(out.tokens, out.scores if return_logits else None, seq, prompt_batch, out)
         batch = self._to_batch(input)
         if not bool(batch.attention_mask[:, -1].bool().all()):
             raise ValueError(
