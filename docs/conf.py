@@ -62,7 +62,8 @@ add_module_names = False
 # ---------------------------------------------------------------------------------------- HTML
 html_theme = "furo"
 html_title = f"avlens {release}"
-html_static_path: list[str] = []
+html_static_path: list[str] = ["_static"]
+html_css_files = ["avlens.css"]
 html_show_sourcelink = False
 
 

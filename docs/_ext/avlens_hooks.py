@@ -53,7 +53,7 @@ class HookRow:
     index: str  # the layers / encoder blocks covered, e.g. "0-3", or "" for a single hook
     shape: str  # e.g. "[3, 4, 162, 162]"; shapes seen per call joined by " | "
     dims: str  # e.g. "[batch, n_heads, pos, pos]", or "-" where sizes are not the decoder's
-    fires: str  # how the hook fires
+    fires: str  # "default cache", "cached when named", "encoder; cached when named", "opt-in: `cfg.X = True`"
     calls: int  # times it fired in one forward (per hook, e.g. once per attention chunk)
     group_views: bool
 
@@ -219,17 +219,17 @@ def measure_hooks(s: Sample) -> dict[str, dict]:
         shapes = seen.get(n, [])
         encoder = bool(prefixes) and n.startswith(prefixes)
         if n in needs:
-            fires = f"opt-in: `model.cfg.{needs[n]} = True`"
+            fires = f"opt-in: `cfg.{needs[n]} = True`"
         elif n in refused:
-            fires = "opt-in (its config switch is not one these docs know)"
+            fires = "opt-in (switch unknown to these docs)"
         elif not shapes:
-            fires = "did not fire on the sample batch"
+            fires = "did not fire on the sample"
         elif n in cached:
-            fires = "every forward; in the default `run_with_cache()`"
+            fires = "default cache"
         elif encoder:
-            fires = "encoder: in `prepare`, and in a forward while a hook is on its tower; cached when named"
+            fires = "encoder; cached when named"
         else:
-            fires = "every forward; cached when named"
+            fires = "cached when named"
         hp = model.hook_dict[n]
         views = isinstance(hp, AVHookPoint) and bool(getattr(hp, "has_group_views", False))
         info[n] = {"shapes": shapes, "fires": fires, "encoder": encoder, "group_views": views}
@@ -373,13 +373,13 @@ class HookTableDirective(_TableDirective):
         rows = hook_rows(s)
         body = [
             [_code(r.pattern), r.index, _shape_cell(r.shape, r.dims),
-             r.fires + (f" ({r.calls} calls per forward)" if r.calls > 1 else ""), "yes" if r.group_views else "no"]
+             r.fires + (f"; {r.calls} calls per forward" if r.calls > 1 else ""), "yes" if r.group_views else "no"]
             for r in rows
         ]
         n = sum(len(r.names) for r in rows)
         caption = (f"Hook points of {s.description}: {len(rows)} rows covering all {n} names in `model.hook_dict`. "
                    "Generated when these docs were built.")
-        return [_table(["hook", "layers / blocks", "shape", "fires", "group views"], body, caption)]
+        return [_table(["hook", "layers", "shape", "fires", "group views"], body, caption)]
 
 
 class GroupTableDirective(_TableDirective):
@@ -389,11 +389,12 @@ class GroupTableDirective(_TableDirective):
         self._depend()
         s = sample()
         rows = group_rows(s)
-        body = [[_code(r.group), r.kind, r.count, r.runs, _code(r.view),
+        body = [[_code(r.group), r.kind, r.count, r.runs,
                  _shape_cell(r.shape, r.dims) if r.dims != "-" else r.shape] for r in rows]
+        hook = rows[0].view.rsplit(".", 1)[0] if rows else "blocks.0.hook_resid_post"
         caption = (f"Token groups of the sample batch (batch of {s.batch.shape[0]}, {s.batch.shape[1]} positions; "
                    f"sample 0 is `{s.batch.layout.summary(0)}`). Generated when these docs were built.")
-        return [_table(["group", "kind", "positions per sample", "runs in sample 0", "group view", "shape"], body, caption)]
+        return [_table(["group", "kind", "positions per sample", "runs in sample 0", f"`{hook}.<group>` receives"], body, caption)]
 
 
 def setup(app):
