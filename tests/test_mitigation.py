@@ -508,3 +508,18 @@ def test_methods_run_on_a_random_qwen2_5_omni_thinker():
     with pytest.raises(NotApplicable):
         decode(model, p, MAD(), max_new_tokens=2)
     assert not any(hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def test_var_that_edits_nothing_is_an_error_not_a_no_op(toy, prompt):
+    from avlens.mitigation import NothingToSteer
+
+    with pytest.raises(NothingToSteer, match="edited no attention row"):
+        decode(toy, prompt, VAR(min_media=1.0, sinks=TOY_SINKS), max_new_tokens=3)  # no row gives all its mass to one modality
+    text_only = AVPrompt(prompt.text.split("<|vision_bos|>")[0] + " what is it ?")
+    with pytest.raises(NothingToSteer):
+        decode(toy, text_only, VAR(sinks=TOY_SINKS), max_new_tokens=2)
+    with pytest.raises(ValueError, match="default is 0.6"):
+        VAR(p=1.5)
+    assert not any(hp.fwd_hooks for hp in toy.hook_dict.values())
+    out = decode(toy, prompt, VAR(sinks=TOY_SINKS), max_new_tokens=3)  # the default edits rows on this clip
+    assert int(sum(int(x) for x in out.run.edited)) > 0

@@ -81,6 +81,10 @@ class MethodRun:
         """Next-token scores `[b, vocab]` (argmax is the token) from the branches' logits."""
         return logits[0]
 
+    def finish(self) -> None:
+        """Called once decoding ends; a method raises `NothingToSteer` here if it turned out to
+        change nothing (e.g. VAR found no row to edit)."""
+
 
 class Method:
     """A decoding-time intervention. `start(model, prompt, batch)` -> `MethodRun`."""
@@ -304,4 +308,5 @@ def decode(model, prompt: Union[AVPrompt, AVBatch], method: Optional[Method] = N
     finally:
         model.run_state.generating = False
     secs = time.perf_counter() - t0
+    run.finish()
     return DecodeOutput(torch.stack(tokens, 1), torch.stack(scores, 1), secs, setup, len(run.branches), run, prefill, n_steps)

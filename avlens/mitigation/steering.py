@@ -255,15 +255,28 @@ class VAR(Method):
     audio and video: `redistribute_pattern` on `attn.hook_pattern` in every layer but the last, for
     the queries after the media and every decoded token. The sinks are each layer's own sink tokens
     (`find_sinks`, any group, as VAR marks them per layer). Defaults: p = 0.6, rho = 0.5, media share
-    0.2 (the official defaults)."""
+    0.2, sink threshold tau = 20 (VAR's published values; the paper's own sinks use tau = 25).
+
+    Never a silent no-op: a prompt without media or without sinks raises `NothingToSteer` before
+    decoding, and a decode in which no attention row qualified for redistribution (prefill and
+    steps) raises it at the end (`compare_methods` then decodes that prompt plainly and counts it)."""
 
     name = "var"
 
-    def __init__(self, p: float = 0.6, rho: float = 0.5, min_media: float = 0.2, sinks: SinkConfig = SinkConfig()):
+    def __init__(self, p: float = 0.6, rho: float = 0.5, min_media: float = 0.2, sinks: SinkConfig = SinkConfig(tau=20.0)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"p (the share of a sink's attention it keeps) must be in [0, 1]; VAR's default is 0.6, got {p}")
+        if not 0 <= rho <= 1:
+            raise ValueError(f"rho must be in [0, 1]; VAR's default is 0.5, got {rho}")
+        if not 0 <= min_media <= 1:
+            raise ValueError(f"min_media (a share of a row) must be in [0, 1]; VAR's default is 0.2, got {min_media}")
         self.p, self.rho, self.min_media, self.sinks = p, rho, min_media, sinks
 
-    def fwd_hooks(self, model, batch) -> list:
+    def fwd_hooks(self, model, batch, edited: Optional[list] = None) -> list:
+        """The redistribution hooks (for `model.generate(batch, fwd_hooks=...)` too). `edited`, if
+        given, collects per call the number of rows the edit changed."""
         batch = model._to_batch(batch)
+        edited = [] if edited is None else edited
         c = self.sinks
         rep = find_sinks(model, batch, dims=c.dims, tau=c.tau, eps=c.eps) if c.dims is not None else find_sinks(model, batch, tau=c.tau, eps=c.eps)
         L, b, n = model.cfg.n_layers, batch.batch_size, batch.shape[1]
@@ -273,6 +286,8 @@ class VAR(Method):
                 per_layer[l, s, ps] = True
         lay = batch.layout
         media = {m: lay.mask(m).cpu() for m in ("audio", "video", "image") if bool(lay.mask(m).any())}
+        if not media:
+            raise NothingToSteer("the prompt has no audio, video or image tokens: VAR has no media attention to redistribute")
         layers = [l for l in range(L - 1) if bool(per_layer[l].any())]
         if not layers:
             raise NothingToSteer(f"no sinks in layers 0..{L - 2} (SinkConfig {c}); VAR would change nothing")
@@ -290,10 +305,25 @@ class VAR(Method):
                 P = pattern.float()
                 out = _redistribute(P, queries(n_q, hook.start_pos, k, dev), memo(1, 0, min(k, n_prompt), dev),
                                     self.p, self.rho, self.min_media)
+                # rows changed, accumulated without a device sync (checked once, after decoding)
+                edited.append((out != P).any(-1).sum())
                 return out.to(pattern.dtype)
             return hook
 
         return [(f"blocks.{l}.attn.hook_pattern", make(l)) for l in layers]
 
     def start(self, model, prompt, batch):
-        return MethodRun([Branch(batch, self.fwd_hooks(model, batch), "var")])
+        run = _VARRun([])
+        run.branches = [Branch(batch, self.fwd_hooks(model, batch, run.edited), "var")]
+        return run
+
+
+class _VARRun(MethodRun):
+    def __init__(self, branches):
+        super().__init__(branches)
+        self.edited: list[Tensor] = []
+
+    def finish(self) -> None:
+        if not self.edited or int(sum(int(x) for x in self.edited)) == 0:
+            raise NothingToSteer("VAR edited no attention row: no query after the media gave >= min_media of its attention "
+                                 "to a modality whose sinks hold <= rho of it, so the output is plain decoding's")
