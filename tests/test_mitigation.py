@@ -523,3 +523,13 @@ def test_var_that_edits_nothing_is_an_error_not_a_no_op(toy, prompt):
     assert not any(hp.fwd_hooks for hp in toy.hook_dict.values())
     out = decode(toy, prompt, VAR(sinks=TOY_SINKS), max_new_tokens=3)  # the default edits rows on this clip
     assert int(sum(int(x) for x in out.run.edited)) > 0
+
+
+def test_steering_and_guidance_reject_bad_arguments_with_the_published_defaults():
+    for bad, match in ((dict(alpha=-0.1), "paper's is 0.2"), (dict(after=30), "layers > 5 of 28"), (dict(target="x"), "cross")):
+        with pytest.raises(ValueError, match=match):
+            SinkSteering(**bad)
+    for bad, match in ((dict(momentum=2), "official value is 0.5"), (dict(band=(26, 18, 28)), r"\(18, 25, 28\)"),
+                       (dict(cap=-1), "0.6"), (dict(warmup_steps=-1), "official: 1"), (dict(variant="x"), "gated")):
+        with pytest.raises(ValueError, match=match):
+            AdaptiveGuidance(**bad)

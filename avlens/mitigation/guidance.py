@@ -114,6 +114,16 @@ class AdaptiveGuidance(Method):
                  variant: str = "complex", gate_tm: float = 0.5, warmup_steps: int = 1, band: tuple = (18, 25, 28)):
         if variant not in ("complex", "gated"):
             raise ValueError(f"variant must be 'complex' or 'gated', got {variant!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1) (the official value is 0.5), got {momentum}")
+        if base_strength < 0 or cap < 0:
+            raise ValueError(f"base_strength and cap must be >= 0 (official: 0.5 and 0.6), got {base_strength} and {cap}")
+        if tm_width <= 0 or w_threshold <= 0:
+            raise ValueError(f"tm_width and w_threshold must be > 0 (official: 0.2 and 0.6), got {tm_width} and {w_threshold}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0 (official: 1), got {warmup_steps}")
+        if len(band) != 3 or not 0 <= band[0] <= band[1] < band[2]:
+            raise ValueError(f"band must be (lo, hi, of) with 0 <= lo <= hi < of (the paper: (18, 25, 28)), got {band}")
         self.steering = steering or SinkSteering()
         self.base_strength, self.cap, self.tm_lo, self.tm_width = base_strength, cap, tm_lo, tm_width
         self.w_threshold, self.momentum, self.variant, self.gate_tm = w_threshold, momentum, variant, gate_tm

@@ -180,6 +180,10 @@ class SinkSteering(Method):
     def __init__(self, alpha: float = 0.2, sinks: SinkConfig = SinkConfig(), after: int = 5, of: int = 28, target: str = "cross"):
         if target not in ("cross", "unimodal"):
             raise ValueError(f"target must be 'cross' or 'unimodal', got {target!r}")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0 (s += alpha |s| boosts; a negative alpha suppresses); the paper's is 0.2, got {alpha}")
+        if not 0 <= after < of:
+            raise ValueError(f"after / of must satisfy 0 <= after < of (the paper: layers > 5 of 28); got {after} / {of}")
         self.alpha, self.sinks, self.after, self.of, self.target = alpha, sinks, after, of, target
 
     def fwd_hooks(self, model, batch, sinks: Optional[SteeringSinks] = None) -> list:
