@@ -533,3 +533,13 @@ def test_steering_and_guidance_reject_bad_arguments_with_the_published_defaults(
                        (dict(cap=-1), "0.6"), (dict(warmup_steps=-1), "official: 1"), (dict(variant="x"), "gated")):
         with pytest.raises(ValueError, match=match):
             AdaptiveGuidance(**bad)
+
+
+def test_boost_scores_leaves_masked_cells_masked_for_any_alpha():
+    mn = torch.finfo(torch.float32).min
+    s = torch.tensor([[[[1.0, -2.0, mn]]]])
+    q, k = torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
+    for alpha in (0.2, 1.0, 2.0, 10.0):
+        out = boost_scores(s, q, k, alpha)
+        assert out[0, 0, 0, 0] == 1 + alpha and out[0, 0, 0, 1] == -2 + 2 * alpha and out[0, 0, 0, 2] == mn
+        assert torch.isfinite(out).all()

@@ -140,8 +140,10 @@ class _StepMemo:
 
 def boost_scores(scores: Tensor, queries: Tensor, keys: Tensor, alpha: float) -> Tensor:
     """`scores[b, h, q, k] + alpha |scores|` where `queries[b, q]` and `keys[b, k]` both hold."""
-    m = queries[:, None, :, None] & keys[:, None, None, :]
-    return scores + alpha * scores.abs() * m.to(scores.dtype)
+    # cells the model masked (filled with finfo.min) stay masked: boosting them would overflow
+    # (alpha |min| = inf) or, for alpha > 1, turn a masked cell into a huge positive score
+    m = queries[:, None, :, None] & keys[:, None, None, :] & (scores > torch.finfo(scores.dtype).min)
+    return torch.where(m, scores + alpha * scores.abs(), scores)
 
 
 def boost_hooks(batch, keys: Tensor, layers: Sequence[int], alpha: float, last_only: bool = False) -> list:
@@ -160,6 +162,8 @@ def boost_hooks(batch, keys: Tensor, layers: Sequence[int], alpha: float, last_o
 
     def hook(scores, hook):
         m = memo(scores.shape[2], hook.start_pos, scores.shape[3], scores.device)
+        # alpha |s| on the chosen cells only; a masked cell (finfo.min) is never chosen (its query
+        # cannot see that key), so the product cannot overflow there
         return torch.addcmul(scores, scores.abs(), m.to(scores.dtype))
 
     return [(f"blocks.{l}.attn.hook_attn_scores", hook) for l in layers]
