@@ -27,11 +27,21 @@ try:
     from plotly.io.base_renderers import MimetypeRenderer as _MimetypeRenderer
 
     class _AvlensDocsRenderer(_MimetypeRenderer):
-        """Each figure as an HTML fragment; plotly.js comes from the page (_static/plotly.min.js)."""
+        """Each figure as a div and its JSON; drawn by the page's plotly.js (_static/plotly.min.js,
+        which the theme loads at the end of the page, hence the wait for `load`)."""
 
         def to_mimebundle(self, fig_dict):
-            html = _pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                                default_width="100%", default_height=525, validate=False)
+            import uuid
+
+            div = "avlens-plotly-" + uuid.uuid4().hex
+            data = _pio.to_json(fig_dict, validate=False)
+            for a, b in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+                data = data.replace(a, b)  # script-safe: no "</script>" can end the script
+            height = (fig_dict.get("layout") or {}).get("height") or 525
+            html = (f'<div id="{div}" class="plotly-graph-div" style="height:{int(height)}px; width:100%;"></div>'
+                    f'<script>(function () {{ var fig = {data}; function draw() {{ Plotly.newPlot("{div}", '
+                    f'fig.data, fig.layout || {{}}, {{"responsive": true, "displaylogo": false}}); }} '
+                    f'if (window.Plotly) {{ draw(); }} else {{ window.addEventListener("load", draw); }} }})();</script>')
             return {"text/html": html}
 
     _pio.renderers["avlens_docs"] = _AvlensDocsRenderer()
