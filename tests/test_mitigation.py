@@ -536,6 +536,8 @@ def test_steering_and_guidance_reject_bad_arguments_with_the_published_defaults(
 
 
 def test_boost_scores_leaves_masked_cells_masked_for_any_alpha():
+    from avlens.mitigation import boost_scores
+
     mn = torch.finfo(torch.float32).min
     s = torch.tensor([[[[1.0, -2.0, mn]]]])
     q, k = torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
