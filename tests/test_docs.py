@@ -216,6 +216,7 @@ def test_api_pages_cover_every_public_module_and_object():
 
 def _all_docstrings() -> list[tuple[str, str]]:
     import avlens_api
+    import avlens_docstrings
 
     seen, out = set(), []
     for mod in avlens_api.public_modules():
@@ -225,16 +226,20 @@ def _all_docstrings() -> list[tuple[str, str]]:
             if inspect.isclass(obj):
                 items += [(f"{name}.{k}", v) for k, v in vars(obj).items() if not k.startswith("_")]
         for name, obj in items:
-            doc = inspect.getdoc(obj) if not isinstance(obj, (str, int, float, tuple, dict, list)) else None
-            if doc and id(doc) not in seen and (getattr(obj, "__module__", "") or mod).startswith("avlens"):
-                seen.add(id(doc))
-                out.append((name, doc))
+            if isinstance(obj, (str, int, float, tuple, dict, list, frozenset, set)):
+                continue
+            doc = avlens_docstrings.docstring_lines(obj)
+            if doc and id(obj.__doc__) not in seen and (getattr(obj, "__module__", "") or mod).startswith("avlens"):
+                seen.add(id(obj.__doc__))
+                out.append((name, "\n".join(doc)))
     return out
 
 
 def _plain(text: str) -> str:
     """Text with the inline markup a docstring author uses removed, whitespace collapsed."""
-    text = text.replace("``", "").replace("`", "").replace("**", "")
+    text = re.sub(r"``(.+?)``", lambda m: m.group(1).strip(), text, flags=re.S)  # code spans, inner
+    text = re.sub(r"`([^`]+)`", lambda m: m.group(1).strip(), text)             # spaces trimmed
+    text = text.replace("`", "").replace("**", "")
     return " ".join(text.split())
 
 
@@ -274,3 +279,18 @@ def test_docstring_converter_handles_markup_hazards(doc):
     assert _plain(tree.astext()) == _plain(doc)
     assert not list(tree.findall(lambda n: n.tagname in ("raw", "reference", "substitution_reference", "footnote_reference",
                                                          "emphasis", "title_reference", "problematic")))
+
+
+def test_indented_example_after_the_summary_stays_preformatted():
+    """A docstring whose only later lines are an indented example (as avlens's module docstring):
+    inspect.cleandoc would dedent the example into prose; it must render as a literal block."""
+    from docutils.core import publish_doctree
+
+    import avlens
+    import avlens_docstrings
+
+    lines = avlens_docstrings.docstring_lines(avlens)
+    assert lines[1:] and all(x.startswith("    ") for x in lines if x.strip() and x is not lines[0])
+    tree = publish_doctree("\n".join(avlens_docstrings.to_rst(lines)))
+    blocks = [n.astext() for n in tree.findall(lambda n: n.tagname == "literal_block")]
+    assert any("import avlens" in b and "run_with_cache" in b for b in blocks), blocks

@@ -25,6 +25,7 @@ import inspect
 import pkgutil
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -182,7 +183,8 @@ class ApiDirective(SphinxDirective):
             mod = importlib.import_module(m)
             if getattr(mod, "__file__", None):
                 self.env.note_dependency(mod.__file__)
-        self.env.note_dependency(__file__)
+        for ext in Path(__file__).parent.glob("*.py"):  # this generator and the docstring converter
+            self.env.note_dependency(str(ext))
         node = nodes.container()
         nested_parse_with_titles(self.state, StringList(lines, source=f"<avlens-api {modname}>"), node)
         return node.children

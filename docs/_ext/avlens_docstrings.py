@@ -22,6 +22,7 @@ build or be interpreted as markup. Only objects from the avlens package are conv
 
 from __future__ import annotations
 
+import inspect
 import re
 
 # characters rST may read as markup inside a paragraph; a backslash makes each literal
@@ -129,12 +130,59 @@ def to_rst(lines: list[str]) -> list[str]:
     return out
 
 
+def _base_indent(obj) -> int | None:
+    """The indentation a docstring's body lines were written at: 0 for a module, the `def` /
+    `class` line's indentation + 4 otherwise (None where the source cannot be read)."""
+    if inspect.ismodule(obj):
+        return 0
+    target = obj.fget if isinstance(obj, property) else obj
+    try:
+        target = inspect.unwrap(target)
+        src, _ = inspect.getsourcelines(target)
+    except (TypeError, OSError, ValueError):
+        return None
+    for line in src:
+        stripped = line.lstrip()
+        if stripped.startswith(("def ", "async def ", "class ")):
+            return len(line) - len(stripped) + 4
+    return None
+
+
+def docstring_lines(obj) -> list[str] | None:
+    """The docstring of `obj` with its own relative indentation kept.
+
+    `inspect.cleandoc` (and autodoc) remove the common indentation of the lines after the first,
+    so in a docstring whose only later lines are an indented example the example loses its
+    indentation and would read as prose. Here the removed indentation is the one the body was
+    written at (from the source), so the example stays indented."""
+    raw = getattr(obj, "__doc__", None)
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    lines = raw.expandtabs(8).splitlines()
+    rest = lines[1:]
+    base = _base_indent(obj)
+    if base is None:
+        indents = [len(x) - len(x.lstrip()) for x in rest if x.strip()]
+        base = min(indents) if indents else 0
+    out = [lines[0].strip()] + [x[min(base, len(x) - len(x.lstrip())):].rstrip() for x in rest]
+    while out and not out[0].strip():
+        out.pop(0)
+    while out and not out[-1].strip():
+        out.pop()
+    return out
+
+
 def process_docstring(app, what, name, obj, options, lines):
     """`autodoc-process-docstring` handler: convert avlens docstrings in place."""
     module = getattr(obj, "__module__", None) or ""
     if not (name.startswith("avlens") or module.startswith("avlens")):
         return
-    lines[:] = to_rst(list(lines))
+    given = list(lines)
+    own = docstring_lines(obj)
+    # use the indentation-preserving form only when autodoc's lines are that same docstring
+    if own is not None and [x.strip() for x in own if x.strip()] == [x.strip() for x in given if x.strip()]:
+        given = own
+    lines[:] = to_rst(given)
 
 
 def setup(app):
