@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from avlens.analysis.hallucination import (AV_OBJECTS, ObjectVocabulary, avcd_correct, cmm_report, parse_yes_no,
-                                           score_avhbench, score_captions, score_cmm)
+from avlens.analysis.hallucination import (AV_OBJECTS, ObjectVocabulary, avcd_correct, cmm_report, judge_avhbench,
+                                           parse_yes_no, score_avhbench, score_captions, score_cmm, singular_forms)
 
 AV = "Audio-driven Video Hallucination"
 VA = "Video-driven Audio Hallucination"
@@ -109,6 +109,20 @@ def test_avhbench_names_missing_keys():
         score_avhbench([{"video_id": 1, "task": AV, "text": "q", "label": "yes", "prediction": "yes"}])
 
 
+def test_avhbench_checks_every_record_not_only_the_first():
+    """A record after the first that lacks a key is named by its index and key, for both parsers
+    (before: only record 0 was checked and record 2 failed later with a bare KeyError)."""
+    recs = [rec("v1", AV, "q1", "yes", "yes"), rec("v2", AV, "q2", "no", "no"), rec("v3", VA, "q3", "no", "no")]
+    del recs[2]["label"]
+    for parser in ("mad", "avcd"):
+        with pytest.raises(KeyError, match=r"record 2 lacks the keys \['label'\]"):
+            score_avhbench(recs, parser=parser)
+    recs[2]["label"] = "no"
+    del recs[1]["pred"]
+    with pytest.raises(KeyError, match=r"record 1 lacks the keys \['pred'\].*pred_key="):
+        judge_avhbench(recs)
+
+
 def cmm(sub, gran, answer, pred):
     return {"category": "c", "sub_category": sub, "modality": "visual", "granularity": gran,
             "question": "Did you see it in the video? Answer with yes or no.", "answer": answer, "pred": pred}
@@ -190,6 +204,39 @@ def test_cmm_report_prints_what_the_script_prints():
     ]
 
 
+def test_cmm_per_granularity_totals_by_hand():
+    """avlens's addition (the script prints no per-granularity total): every row of a granularity
+    pooled. Object-level = rows 1, 2, 5, 6, 7 (row 8's "Object-Level" is not the exact string):
+    correct 1, 2, 7 -> 3/5; GT-yes 1 (hit), 6 (miss) -> PA 1/2; GT-no 2 (hit), 5 (miss), 7 (hit)
+    -> HR 2/3. Event-level = rows 3, 4, 9, 10: correct 4, 10 -> 1/2; GT-yes 3 (hit) -> PA 1;
+    GT-no 4 (hit), 9 (miss) -> HR 1/2."""
+    s = score_cmm(CMM_ROWS)
+    t = s["granularity_total"]
+    assert list(t) == ["object-level", "event-level"]
+    o, e = t["object-level"], t["event-level"]
+    assert (o["n"], o["correct"], o["n_yes"], o["correct_yes"], o["n_no"], o["correct_no"]) == (5, 3, 2, 1, 3, 2)
+    assert o["accuracy"] == 0.6 and o["pa"] == 0.5 and o["hr"] == pytest.approx(2 / 3)
+    assert (e["n"], e["correct"], e["n_yes"], e["correct_yes"], e["n_no"], e["correct_no"]) == (4, 2, 1, 1, 2, 1)
+    assert (e["accuracy"], e["pa"], e["hr"]) == (0.5, 1.0, 0.5)
+    # pooled over rows, not the mean over the granularity's sub-categories: object-level's
+    # sub-category accuracies are 1 (visual) and 1/3 (audio), mean 2/3, but the total is 3/5
+    assert o["accuracy"] != pytest.approx((1 + 1 / 3) / 2)
+    # the script's text is unchanged by default; the totals are printed only on request, labelled
+    assert "avlens addition" not in cmm_report(s)
+    lines = cmm_report(s, granularity_totals=True).splitlines()
+    assert lines[:16] == cmm_report(s).splitlines()
+    assert lines[16:] == [
+        "",
+        "PER-GRANULARITY TOTALS (avlens addition; calculate_score.py prints none):",
+        "Granularity    n       perception accuracy Hallucination Resistance accuracy  ",
+        "object-level   5       0.5000              0.6667                   0.6000    ",
+        "event-level    4       1.0000              0.5000                   0.5000    ",
+    ]
+    # a granularity without rows: zeros, like the script's empty groups
+    z = score_cmm([cmm("s", "object-level", "yes", "yes")])["granularity_total"]["event-level"]
+    assert (z["n"], z["accuracy"], z["pa"], z["hr"]) == (0, 0.0, 0.0, 0.0)
+
+
 def test_cmm_quirks_one_at_a_time():
     # the answer's first 5 characters decide GT-yes before GT-no: "yes, no" is a yes row
     s = score_cmm([cmm("s", "object-level", "yes, no", "yes")])["pooled"]
@@ -225,6 +272,71 @@ def test_chair_counts_mentions_synonyms_plurals_and_alternatives():
     assert s["per_caption"][1]["mentions"] == ["bell", "zither", "bell"]  # 'church bell' as one phrase; unknown GT word learnt
     assert s["mentions"] == 6 and s["hallucinated"] == 1
     assert s["chair_i"] == pytest.approx(1 / 6) and s["chair_s"] == 0.5 and s["recall"] == 1.0
+
+
+def test_chair_recall_counts_each_ground_truth_entry_once():
+    """An entry "a/b" is one object, recalled when any alternative is mentioned (chair.py's recall
+    over ground-truth objects). Before the fix, "dog/cat" counted as two objects (recall 0.5)."""
+    s = score_captions([{"video_id": "a", "pred": "A dog barks."}], {"a": ["dog/cat"]})
+    assert s["recall"] == 1.0 and s["chair_i"] == 0.0 and s["chair_s"] == 0.0 and s["mentions"] == 1
+    assert s["per_caption"][0]["n_objects"] == 1 and s["per_caption"][0]["recalled"] == ["dog/cat"]
+    # alternatives the vocabulary does not know: one new object named by the first
+    s = score_captions([{"video_id": "a", "pred": "A streetcar passes."}], {"a": ["tram/streetcar"]})
+    assert s["recall"] == 1.0 and s["per_caption"][0]["mentions"] == ["tram"]
+    s = score_captions([{"video_id": "a", "pred": "A tram, then a streetcar."}], {"a": ["tram/streetcar"]})
+    assert s["per_caption"][0]["mentions"] == ["tram", "tram"] and s["recall"] == 1.0 and s["chair_i"] == 0.0
+    # a known and an unknown alternative: the unknown one becomes a synonym of the known object
+    s = score_captions([{"video_id": "a", "pred": "A doggo runs."}], {"a": ["dog/doggo"]})
+    assert s["per_caption"][0]["mentions"] == ["dog"] and s["recall"] == 1.0
+    # pooled over captions: a has entries {dog/cat, car}, the cat is mentioned -> 1 of 2;
+    # b has {tram/streetcar}, nothing mentioned -> 0 of 1; a's "piano" is hallucinated
+    s = score_captions([{"video_id": "a", "pred": "A cat near a piano."}, {"video_id": "b", "pred": "Nothing here."}],
+                       {"a": ["dog/cat", "car"], "b": ["tram/streetcar"]})
+    assert s["recall"] == pytest.approx(1 / 3)
+    assert s["chair_i"] == 0.5 and s["chair_s"] == 0.5 and s["hallucinated"] == 1
+    # two entries may share an object: each is recalled by it
+    s = score_captions([{"video_id": "a", "pred": "a puppy"}], {"a": ["dog", "puppy", "car"]})
+    assert s["recall"] == pytest.approx(2 / 3)
+    # an entry must name something: "12" has no word, "/" no alternative
+    for bad in ("dog/ / 12", "/"):
+        with pytest.raises(ValueError, match=f"{bad!r} of 'a' has an empty or letterless alternative"):
+            score_captions([{"video_id": "a", "pred": "a dog"}], {"a": [bad, "car"]})
+
+
+def test_chair_plurals_match_their_singular():
+    """Plural endings give candidate singulars and the vocabulary decides: buses -> bus (-es),
+    houses -> house (-s), boxes -> box, glasses -> glass, puppies -> puppy, knives -> knife, men ->
+    man; before the fix "buses" became "buse" and was missed."""
+    assert singular_forms("buses") == ("buses", "bus", "buse")
+    assert singular_forms("houses") == ("houses", "hous", "house")
+    assert singular_forms("bus") == ("bus",) and singular_forms("glass") == ("glass",) and singular_forms("iris") == ("iris",)
+    assert singular_forms("puppies") == ("puppies", "puppy", "puppi", "puppie")
+    assert "knife" in singular_forms("knives") and singular_forms("men") == ("men", "man")
+    v = ObjectVocabulary({"bus": [], "house": [], "box": [], "glass": [], "knife": []})
+    assert v.mentions("Two buses, three houses, boxes, glasses and knives.") == ["bus", "house", "box", "glass", "knife"]
+    assert AV_OBJECTS.mentions("Buses and puppies; two men.") == ["bus", "dog", "person"]
+    # the word as written wins over a singular: with both "glass" and "glasses" known
+    v = ObjectVocabulary({"glass": [], "eyeglasses": ["glasses", "spectacles"]})
+    assert v.mentions("Glasses beside a glass.") == ["eyeglasses", "glass"]
+    # a synonym given in the plural matches its singular in the text, and its plural
+    v = ObjectVocabulary({"tram": ["streetcars"]})
+    assert v.mentions("A streetcar and two streetcars.") == ["tram", "tram"] and v.canonical("streetcar") == "tram"
+    s = score_captions([{"video_id": "a", "pred": "Two buses honk."}], {"a": ["bus"]})
+    assert s["recall"] == 1.0 and s["mentions"] == 1 and s["chair_i"] == 0.0
+
+
+def test_chair_longest_phrase_first():
+    """With "hot dog" in the vocabulary, "hot dog" is that object, not a dog (chair.py replaces its
+    two-word names first); without it the dog is found. By hand: GT {dog}; "A dog eats a hot dog":
+    mentions dog, hot dog -> 1 of 2 hallucinated."""
+    v = ObjectVocabulary({"dog": ["puppy"], "hot dog": ["hotdog"]})
+    assert v.mentions("A dog eats a hot dog; two hot-dogs and a hotdog.") == ["dog", "hot dog", "hot dog", "hot dog"]
+    s = score_captions([{"video_id": "a", "pred": "A dog eats a hot dog."}], {"a": ["dog"]}, vocabulary=v)
+    assert s["per_caption"][0]["hallucinated"] == ["hot dog"] and s["chair_i"] == 0.5 and s["chair_s"] == 1.0
+    assert s["recall"] == 1.0
+    assert AV_OBJECTS.mentions("a hot dog") == ["dog"]  # no "hot dog" in AV_OBJECTS: the word is a dog
+    # phrases of the default vocabulary: "fire truck" is a truck, "alarm clock" a clock, not a siren
+    assert AV_OBJECTS.mentions("An alarm clock rings near fire trucks.") == ["clock", "truck"]
 
 
 def test_vocabulary_is_extendable():

@@ -31,17 +31,20 @@
   empty denominator gives 0 (not NaN). Groups: the entire dataset (the script's "Overall"), each
   sub-category, and each (granularity, sub-category) pair for the granularities "object-level" and
   "event-level" only; the paper's overall is the mean over sub-categories. `cmm_report` prints the
-  script's text.
-* **CHAIR** (PAI / OPERA ``chair.py``, Rohrbach et al. 2018): object mentions found through a
-  synonym vocabulary after tokenising and lemmatising; CHAIR_i = hallucinated mentions / all
-  mentions (pooled over captions, repeated mentions counted), CHAIR_s = captions with a
-  hallucinated mention / captions, recall = ground-truth objects mentioned / ground-truth objects.
-  The paper's caption-set format: ``{"video_id", "prompt", "objects": ["dog/puppy", "car"]}``, each
-  object a ``/``-separated list of alternatives.
+  script's text. avlens adds per-granularity totals (``granularity_total``: the rows of each
+  granularity pooled), which the script does not print.
+* **CHAIR** (Rohrbach et al. 2018; counted as in PAI / OPERA ``chair.py``, which adds recall):
+  object mentions found through a synonym vocabulary, the longest phrase first, a plural matching
+  its singular (`singular_forms`); CHAIR_i = hallucinated mentions / all mentions (pooled over
+  captions, repeated mentions counted), CHAIR_s = captions with a hallucinated mention / captions,
+  recall = ground-truth objects mentioned / ground-truth objects. The paper's caption-set format:
+  ``{"video_id", "prompt", "objects": ["dog/puppy", "car"]}``, each object one entry, a
+  ``/``-separated list of alternative names (recalled when any of them is mentioned).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -66,6 +69,7 @@ __all__ = [
     "CMM_GRANULARITIES",
     "ObjectVocabulary",
     "AV_OBJECTS",
+    "singular_forms",
     "caption_mentions",
     "score_captions",
     "read_records",
@@ -185,9 +189,12 @@ def judge_avhbench(records, parser: str = "mad", pred_key: str = "pred", questio
     if parser not in PARSERS:
         raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
     recs = read_records(records)
-    missing = [k for k in ("video_id", "task", question_key, "label", pred_key) if recs and k not in recs[0]]
-    if missing:
-        raise KeyError(f"AVHBench records need the keys {missing} (found {sorted(recs[0])}); pass pred_key= / question_key= if yours differ")
+    need = ("video_id", "task", question_key, "label", pred_key)
+    for i, r in enumerate(recs):
+        missing = [k for k in need if k not in r]
+        if missing:
+            raise KeyError(f"AVHBench record {i} lacks the keys {missing} (found {sorted(r)}); every record needs "
+                           f"{list(need)}. Pass pred_key= / question_key= if your prediction or question key differs")
     dropped = {"error": 0, "duplicate": 0}
     if parser == "mad":
         recs = _mad_filter(recs, pred_key, question_key, dropped)
@@ -304,12 +311,18 @@ def score_cmm(rows, pred_key: str = "pred") -> dict:
     Returns
     ``{"pooled": the script's "Overall ... (entire dataset)", "sub_category": {name: ...},
     "granularity": {"object-level": {sub_category: ...}, "event-level": {sub_category: ...}},
-    "overall": {"accuracy", "pa", "hr"} (the paper's overall: the unweighted mean over
-    sub-categories), "granularity_skipped": rows whose granularity is neither of the two}``, each
-    group ``{n, accuracy, pa, hr, n_yes, n_no, correct, correct_yes, correct_no}``, groups in
-    first-seen order as the script prints them. The breakdown by granularity is per (granularity,
-    sub-category) pair, as the script's third table; a granularity other than exactly
-    "object-level" / "event-level" is left out of it (and counted in ``granularity_skipped``).
+    "granularity_total": {"object-level": ..., "event-level": ...}, "overall": {"accuracy", "pa",
+    "hr"} (the paper's overall: the unweighted mean over sub-categories), "granularity_skipped":
+    rows whose granularity is neither of the two}``, each group ``{n, accuracy, pa, hr, n_yes, n_no,
+    correct, correct_yes, correct_no}``, groups in first-seen order as the script prints them. The
+    breakdown by granularity is per (granularity, sub-category) pair, as the script's third table;
+    a granularity other than exactly "object-level" / "event-level" is left out of it (and counted
+    in ``granularity_skipped``).
+
+    ``granularity_total`` is **avlens's addition** (the script prints no per-granularity total): the
+    same rules applied to all the rows of one granularity pooled (counts summed over its
+    sub-categories, not a mean of their rates), for the same two exact granularity strings; a
+    granularity without rows has every number 0, like any empty group.
     Numbers are unrounded; `cmm_report` prints them as the script does (4 decimals). On the
     released CMM (200 GT-yes and 200 GT-no rows per sub-category) ``overall`` and ``pooled``
     coincide; on a subset they can differ."""
@@ -317,6 +330,7 @@ def score_cmm(rows, pred_key: str = "pred") -> dict:
     pooled = _cmm_counts()
     subs: dict[str, dict] = {}
     gran: dict[str, dict[str, dict]] = {g: {} for g in CMM_GRANULARITIES}
+    gran_total = {g: _cmm_counts() for g in CMM_GRANULARITIES}  # avlens's addition, see the docstring
     skipped = 0
     for i, r in enumerate(rows):
         missing = [k for k in ("sub_category", "granularity", "answer", pred_key) if k not in r]
@@ -328,18 +342,23 @@ def score_cmm(rows, pred_key: str = "pred") -> dict:
         _cmm_add(subs.setdefault(r["sub_category"], _cmm_counts()), answer, pred)
         if r["granularity"] in gran:
             _cmm_add(gran[r["granularity"]].setdefault(r["sub_category"], _cmm_counts()), answer, pred)
+            _cmm_add(gran_total[r["granularity"]], answer, pred)
         else:
             skipped += 1
     per_sub = {k: _cmm_metrics(c) for k, c in subs.items()}
     overall = {m: float(np.mean([v[m] for v in per_sub.values()])) if per_sub else 0.0 for m in ("accuracy", "pa", "hr")}
     return {"pooled": _cmm_metrics(pooled), "sub_category": per_sub,
             "granularity": {g: {k: _cmm_metrics(c) for k, c in d.items()} for g, d in gran.items()},
+            "granularity_total": {g: _cmm_metrics(c) for g, c in gran_total.items()},
             "overall": overall, "granularity_skipped": skipped}
 
 
-def cmm_report(scores: dict) -> str:
+def cmm_report(scores: dict, granularity_totals: bool = False) -> str:
     """The text ``calculate_score.py`` prints, from `score_cmm`'s result (same labels, column widths
-    and 4-decimal rounding), so a run can be compared with the script's output line by line."""
+    and 4-decimal rounding), so a run can be compared with the script's output line by line.
+
+    `granularity_totals=True` appends avlens's per-granularity totals (``granularity_total``) under
+    a heading that says they are not the script's; the default prints exactly the script's text."""
     p = scores["pooled"]
     lines = [f"Overall Accuracy (entire dataset): {p['accuracy']:.4f}",
              f"Overall Perception Accuracy (entire dataset): {p['pa']:.4f}",
@@ -353,75 +372,110 @@ def cmm_report(scores: dict) -> str:
         lines.append(f"{g.upper()} RESULTS:")
         for name, m in subs.items():
             lines.append(f"{g:<15}{name:<35}{m['pa']:<20.4f}{m['hr']:<25.4f}{m['accuracy']:<10.4f}")
+    if granularity_totals:
+        lines += ["", "PER-GRANULARITY TOTALS (avlens addition; calculate_score.py prints none):",
+                  f'{"Granularity":<15}{"n":<8}{"perception accuracy":<20}{"Hallucination Resistance":<25}{"accuracy":<10}']
+        for g, m in scores["granularity_total"].items():
+            lines.append(f"{g:<15}{m['n']:<8}{m['pa']:<20.4f}{m['hr']:<25.4f}{m['accuracy']:<10.4f}")
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------- CHAIR
-def lemma(word: str) -> str:
-    """A rule-based English noun lemma (the plural rules that object names need: dogs -> dog,
-    buses -> bus, puppies -> puppy, knives -> knife; -ss / -us / -is words are kept)."""
+# irregular plurals an object name can take (the rules in `singular_forms` miss them)
+_IRREGULAR_PLURALS = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
+                      "geese": "goose", "feet": "foot", "teeth": "tooth", "oxen": "ox"}
+
+
+def singular_forms(word: str) -> tuple[str, ...]:
+    """The word (lower-cased) and the singulars it may be the plural of, the word itself first.
+
+    English plural endings are ambiguous without a dictionary ("buses" is bus + es, "houses" is
+    house + s, "glasses" is glass + es, "boxes" is box + es), so every rule that applies gives a
+    candidate and the vocabulary decides (`ObjectVocabulary` matches a word when any of its forms
+    is a vocabulary word): -s dropped, -es dropped, -ies -> -y, -ves -> -f / -fe, and the irregular
+    plurals above. Words of 3 letters or fewer and words ending in -ss / -us / -is have no plural
+    candidate (bus, glass, chorus, iris). chair.py gets the same effect from WordNet's lemmatiser."""
     w = word.lower()
-    irregular = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
-                 "geese": "goose", "feet": "foot", "teeth": "tooth", "oxen": "ox", "sheep": "sheep", "fish": "fish"}
-    if w in irregular:
-        return irregular[w]
-    if len(w) <= 3 or w.endswith(("ss", "us", "is")):
-        return w
-    if w.endswith("ies"):
-        return w[:-3] + "y"
-    if w.endswith("ves") and len(w) > 4:
-        return w[:-3] + ("fe" if w[:-3].endswith("i") else "f")
-    if w.endswith(("ches", "shes", "xes", "sses", "zes")) or (w.endswith("ses") and w[:-3].endswith("us")):
-        return w[:-2]
-    if w.endswith("s"):
-        return w[:-1]
-    return w
+    out = [w]
+    if w in _IRREGULAR_PLURALS:
+        out.append(_IRREGULAR_PLURALS[w])
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        if w.endswith("ies"):
+            out.append(w[:-3] + "y")
+        if w.endswith("ves"):
+            out += [w[:-3] + "f", w[:-3] + "fe"]
+        if w.endswith("es"):
+            out.append(w[:-2])
+        out.append(w[:-1])
+    return tuple(dict.fromkeys(out))
 
 
-def _tokens(text: str) -> list[str]:
-    return [lemma(t) for t in re.findall(r"[a-z]+", str(text).lower())]
+def _words(text: str) -> list[str]:
+    """Lower-cased alphabetic words (punctuation and hyphens split words: "hot-dog" -> hot, dog)."""
+    return re.findall(r"[a-z]+", str(text).lower())
 
 
 @dataclass
 class ObjectVocabulary:
-    """Objects and their synonyms (each a word or a phrase), matched after lemmatising, the longest
-    phrase first (as ``chair.py`` matches two-word names before single words). Extend it with
-    `add` or by passing your own mapping."""
+    """Objects and their synonyms (each a word or a phrase), found in text longest phrase first (as
+    ``chair.py`` replaces its two-word names before single words: with "hot dog" in the vocabulary,
+    "a hot dog" mentions a hot dog, not a dog). A text word matches a vocabulary word when any of
+    its `singular_forms` equals it; the word as written is preferred, so "glasses" is the object
+    "glasses" when the vocabulary has it and "glass" otherwise. A synonym given in the plural also
+    matches its singular in text. Extend it with `add` or by passing your own mapping."""
 
     synonyms: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
-        self._index: dict[tuple[str, ...], str] = {}
+        self._exact: dict[tuple[str, ...], str] = {}  # synonyms' words as written
+        self._derived: dict[tuple[str, ...], str] = {}  # their singular forms (a plural synonym's singular)
         for obj, syns in list(self.synonyms.items()):
             self.add(obj, syns)
 
     def add(self, obj: str, synonyms: Iterable[str] = ()) -> "ObjectVocabulary":
+        """Add `obj` (itself one of its names) with `synonyms`; a name already known is re-assigned to `obj`."""
         obj = obj.lower().strip()
         syns = self.synonyms.setdefault(obj, [])
         for s in [obj, *synonyms]:
             s = s.lower().strip()
             if s not in syns:
                 syns.append(s)
-            key = tuple(_tokens(s))
-            if key:
-                self._index[key] = obj
+            key = tuple(_words(s))
+            if not key:
+                raise ValueError(f"object name {s!r} (for {obj!r}) has no letters; a vocabulary name must contain a word")
+            self._exact[key] = obj
+            for combo in itertools.product(*(singular_forms(w) for w in key)):
+                if combo != key:
+                    self._derived[combo] = obj
         return self
 
     @property
     def max_len(self) -> int:
-        return max((len(k) for k in self._index), default=1)
+        return max((len(k) for k in self._exact), default=1)
+
+    def _match(self, forms: Sequence[tuple[str, ...]]) -> Optional[str]:
+        """The object named by exactly these words (each given as its `singular_forms`), or None:
+        words as written against names as written first, then any form against any form."""
+        for table in (self._exact, self._derived):
+            for combo in itertools.product(*forms):
+                obj = table.get(combo)
+                if obj is not None:
+                    return obj
+        return None
 
     def canonical(self, phrase: str) -> Optional[str]:
-        """The object a word or phrase names, or None."""
-        return self._index.get(tuple(_tokens(phrase)))
+        """The object a word or phrase names (the whole phrase, plurals allowed), or None."""
+        words = _words(phrase)
+        return self._match([singular_forms(w) for w in words]) if words else None
 
     def mentions(self, text: str) -> list[str]:
-        """The objects a caption mentions, in order, one per mention (repeats kept)."""
-        toks = _tokens(text)
+        """The objects a caption mentions, in order, one per mention (repeats kept), the longest
+        vocabulary phrase first at each position."""
+        forms = [singular_forms(w) for w in _words(text)]
         out, i = [], 0
-        while i < len(toks):
-            for n in range(min(self.max_len, len(toks) - i), 0, -1):
-                obj = self._index.get(tuple(toks[i:i + n]))
+        while i < len(forms):
+            for n in range(min(self.max_len, len(forms) - i), 0, -1):
+                obj = self._match(forms[i:i + n])
                 if obj is not None:
                     out.append(obj)
                     i += n
@@ -451,55 +505,75 @@ def caption_mentions(caption: str, vocabulary: Optional[ObjectVocabulary] = None
     return (vocabulary or AV_OBJECTS).mentions(caption)
 
 
-def _gt_objects(objects: Union[str, Sequence[str]], vocab: ObjectVocabulary) -> set[str]:
-    """Ground-truth objects (each "a/b" = alternatives) as canonical names; an alternative the
-    vocabulary does not know becomes its own object, so it can still be matched."""
+def _gt_entries(objects: Union[str, Sequence[str]], vocab: ObjectVocabulary, vid) -> list[tuple[str, frozenset]]:
+    """Ground-truth entries as ``(entry, canonical names of its alternatives)``: each entry ("a/b")
+    is ONE object, named by any of its alternatives. Alternatives the vocabulary does not know are
+    added to `vocab` as synonyms of the entry's first known object, or (none known) as one new
+    object named by the first alternative, so a caption naming them can still be matched."""
     if isinstance(objects, str):
         objects = [objects]
-    out = set()
+    out = []
     for entry in objects:
         alts = [a.strip() for a in str(entry).split("/") if a.strip()]
-        canon = [vocab.canonical(a) for a in alts]
-        known = [c for c in canon if c is not None]
-        if known:
-            out.update(known)
-        else:
-            for a in alts:
-                vocab.add(a)
-                out.add(vocab.canonical(a))
+        if not alts or any(not _words(a) for a in alts):
+            raise ValueError(f"ground-truth object {entry!r} of {vid!r} has an empty or letterless alternative; "
+                             f"write each object as words separated by '/', e.g. 'dog/puppy'")
+        known = [c for c in (vocab.canonical(a) for a in alts) if c is not None]
+        unknown = [a for a in alts if vocab.canonical(a) is None]
+        if unknown:
+            if known:
+                vocab.add(known[0], unknown)
+            else:
+                vocab.add(unknown[0], unknown[1:])
+        out.append((str(entry), frozenset(vocab.canonical(a) for a in alts)))
     return out
 
 
 def score_captions(predictions, ground_truth, vocabulary: Optional[ObjectVocabulary] = None,
                    pred_key: str = "pred", id_key: str = "video_id") -> dict:
-    """CHAIR-style object hallucination of captions.
+    """CHAIR-style object hallucination of captions (Rohrbach et al. 2018, *Object Hallucination in
+    Image Captioning*; counted as in PAI / OPERA ``chair.py``, which adds recall).
 
     `predictions`: records (or a path) with `id_key` and `pred_key`; `ground_truth`: records (or a
     path) in the caption-set format (``objects``: list of ``"a/b"`` alternatives) or a mapping id ->
-    objects. Returns ``{n, chair_i, chair_s, recall, mentions, hallucinated, per_caption}``. An id
-    without ground truth is an error (name it in the ground truth)."""
+    objects. Per caption, its mentions are `vocabulary` objects found in it (repeats kept); a
+    mention is hallucinated when it names none of the caption's ground-truth entries.
+
+    * CHAIR_i = hallucinated mentions / mentions, pooled over captions (0 without mentions);
+    * CHAIR_s = captions with a hallucinated mention / captions;
+    * recall = ground-truth entries mentioned / ground-truth entries, pooled: an entry "dog/cat" is
+      one object, recalled when any alternative is mentioned (chair.py's recall, with its objects
+      being our entries).
+
+    Ground-truth words the vocabulary lacks extend a copy of it for this call (`_gt_entries`).
+    Returns ``{n, chair_i, chair_s, recall, mentions, hallucinated, per_caption}``, per caption
+    ``{id, mentions, hallucinated, objects (canonical names), n_objects (entries), recalled
+    (entries mentioned)}``. An id without ground truth is an error (name it in the ground truth)."""
     vocab = ObjectVocabulary({k: list(v) for k, v in (vocabulary or AV_OBJECTS).synonyms.items()})
     if isinstance(ground_truth, Mapping):
         gt = dict(ground_truth)
     else:
         gt = {r[id_key]: r["objects"] for r in read_records(ground_truth)}
-    gt_sets = {k: _gt_objects(v, vocab) for k, v in gt.items()}
+    gt_entries = {k: _gt_entries(v, vocab, k) for k, v in gt.items()}  # the whole vocabulary before any matching
     preds = read_records(predictions)
     n_mentions = n_hall = n_hall_caps = n_gt = n_gt_hit = 0
     per = []
     for r in preds:
         vid = r[id_key]
-        if vid not in gt_sets:
+        if vid not in gt_entries:
             raise KeyError(f"no ground-truth objects for {id_key}={vid!r}; every prediction needs an entry in the caption set")
-        truth = gt_sets[vid]
+        entries = gt_entries[vid]
+        truth = set().union(*(names for _, names in entries))
         ment = vocab.mentions(r[pred_key])
         hall = [m for m in ment if m not in truth]
+        recalled = [e for e, names in entries if names & set(ment)]
         n_mentions += len(ment)
         n_hall += len(hall)
         n_hall_caps += bool(hall)
-        n_gt += len(truth)
-        n_gt_hit += len(truth & set(ment))
-        per.append({id_key: vid, "mentions": ment, "hallucinated": hall, "objects": sorted(truth)})
+        n_gt += len(entries)
+        n_gt_hit += len(recalled)
+        per.append({id_key: vid, "mentions": ment, "hallucinated": hall, "objects": sorted(truth),
+                    "n_objects": len(entries), "recalled": recalled})
     return {"n": len(preds), "chair_i": n_hall / n_mentions if n_mentions else 0.0,
             "chair_s": n_hall_caps / len(preds) if preds else float("nan"),
             "recall": n_gt_hit / n_gt if n_gt else float("nan"), "mentions": n_mentions, "hallucinated": n_hall,

@@ -15,14 +15,18 @@ __all__ = ["AVPrompt", "Branch", "DecodeOutput", "Method", "MethodRun", "NotAppl
 
 
 def default_methods(toy: bool = False) -> dict:
-    """Every implemented method with its published defaults (on the toy model, the attention sink
-    definition with eps = 0.1, since the toy has no massive activations)."""
+    """Every implemented method with its published defaults. With `toy=True`, what the toy model
+    needs instead: the attention sink definition with eps = 0.1 (the toy has no massive
+    activations) and MAD asking the toy's own modality question (`toy_assessment`; the toy cannot
+    read MAD's prompt). Otherwise MAD asks its official question (`official_assessment`) and VAR
+    keeps its own sink threshold (VAR's default `SinkConfig`)."""
     sinks = SinkConfig("attention", eps=0.1, dims=[]) if toy else SinkConfig()
-    from avlens.mitigation.baselines import AVCD, MAD, PAI, VCD
+    from avlens.mitigation.baselines import AVCD, MAD, PAI, VCD, official_assessment, toy_assessment
 
     return {"plain": Plain(), "sink_steering": SinkSteering(sinks=sinks),
-            "adaptive_guidance": AdaptiveGuidance(SinkSteering(sinks=sinks)), "var": VAR(sinks=sinks),
-            "pai": PAI(), "vcd": VCD(), "avcd": AVCD(), "mad": MAD()}
+            "adaptive_guidance": AdaptiveGuidance(SinkSteering(sinks=sinks)), "var": VAR(sinks=sinks) if toy else VAR(),
+            "pai": PAI(), "vcd": VCD(), "avcd": AVCD(),
+            "mad": MAD(assessment=toy_assessment if toy else official_assessment)}
 
 
 def compare_methods(*args, **kwargs):

@@ -15,15 +15,20 @@
   `avcd_contrast`: `(2 + 2 alpha) z - 2 alpha z1 + z2 + z3`, alpha 0.5, cutoff beta 0.2, plain logits
   where the entropy of `softmax(z)` < 0.6.
 * `MAD` (arXiv 2601.21181; official code `top-yun/MAD`): the model's own audio / video / both
-  self-assessment weights four branches (`mad_weights`), gamma 0.5.
+  self-assessment weights four branches (`mad_weights`), gamma 0.5; the assessment prompt is
+  MAD's own (`official_assessment`) or, on the toy, the toy's modality question (`toy_assessment`).
+
+Every constructor checks its arguments (ValueError naming the argument, its range and the
+published default).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +38,42 @@ from avlens.mitigation.decoding import AVPrompt, Branch, Method, MethodRun, NotA
 from avlens.mitigation.steering import _pad_keys, boost_hooks
 
 __all__ = ["pai_contrast", "vcd_contrast", "diffusion_noise", "PAI", "VCD", "strip_media_placeholders", "avcd_contrast",
-           "avcd_selection", "avcd_text_mask", "AVCD", "AVCD_PLAN", "mad_weights", "mad_contrast", "mad_word_ids", "MAD", "toy_assessment"]
+           "avcd_selection", "avcd_text_mask", "AVCD", "AVCD_PLAN", "mad_weights", "mad_contrast", "mad_word_ids", "MAD", "toy_assessment",
+           "official_assessment", "MAD_MODALITY_QUERY"]
 
 _RAW_KEYS = {"audio": "input_features", "video": "pixel_values_videos", "image": "pixel_values"}
+VCD_NOISE_STEPS = 1000  # VCD's add_diffusion_noise: a 1,000-step schedule
 _PLACEHOLDER = re.compile(r"<\|(vision|audio)_bos\|>.*?<\|(vision|audio)_eos\|>\s*")
 
 
 def strip_media_placeholders(text: str) -> str:
     """The prompt without its Qwen-Omni-style media placeholders (`<|vision_bos|>...<|vision_eos|>`)."""
     return _PLACEHOLDER.sub("", text)
+
+
+def _check_number(method: str, name: str, value, default, lo: float = 0.0, hi: Optional[float] = None,
+                  lo_open: bool = False, what: str = "") -> None:
+    """A ValueError naming the method, the argument, its meaning, the allowed range and the
+    published default, unless `value` is a finite real number in the range (`lo`, or `(lo`
+    when `lo_open`, up to `hi]`)."""
+    rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]" if hi is not None else f"{'>' if lo_open else '>='} {lo:g}"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        raise ValueError(f"{method} {name}{f' ({what})' if what else ''} must be a finite number {rng}; "
+                         f"{method}'s published default is {default}, got {value!r}")
+
+
+def _check_int(method: str, name: str, value, default, lo: int = 0, hi: Optional[int] = None, what: str = "") -> None:
+    """Like `_check_number` for an integer in `[lo, hi)` (`hi` None: no upper bound)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= lo and (hi is None or value < hi)
+    if not ok:
+        rng = f"in [{lo}, {hi})" if hi is not None else f">= {lo}"
+        raise ValueError(f"{method} {name}{f' ({what})' if what else ''} must be an integer {rng}; "
+                         f"{method}'s published default is {default}, got {value!r}")
+
+
+_BETA_WHAT = "the plausibility cutoff: tokens below max + log(beta) are dropped, so beta = 0 is undefined"
 
 
 def pai_contrast(logits: Tensor, logits_uncond: Tensor, gamma: float = 1.1, beta: float = 0.1) -> Tensor:
@@ -79,39 +111,84 @@ class _ContrastRun(MethodRun):
 
 
 class PAI(Method):
-    """PAI (ECCV 2024; `LALBJ/PAI`): media-key boost for the last query in layers `start_layer`..L-1
+    """PAI (Liu et al., *Paying More Attention to Image*, ECCV 2024; official code `LALBJ/PAI`):
+    media-key boost `s + alpha |s|` for the last query in layers `start_layer`..L-1 (`fwd_hooks`)
     plus the contrast with the media-free prompt (`pai_contrast`). Needs an `AVPrompt` (the
-    media-free prompt is rebuilt with `strip` applied to its text)."""
+    media-free prompt is rebuilt with `strip` applied to its text).
+
+    Args (published defaults): alpha 0.2 (>= 0; 0 = no boost), gamma 1.1 (>= 0; 1 = no contrast,
+    the official script's default is 2), beta 0.1 (in (0, 1]), start_layer 2 (>= 0; must be below
+    the model's depth, checked when run). Out-of-range values raise ValueError here."""
 
     name = "pai"
     needs_prompt = True
 
     def __init__(self, alpha: float = 0.2, gamma: float = 1.1, beta: float = 0.1, start_layer: int = 2, strip=strip_media_placeholders):
+        _check_number("PAI", "alpha", alpha, 0.2, what="the attention boost s + alpha |s| on the media keys; 0 = none")
+        _check_number("PAI", "gamma", gamma, 1.1, what="the contrast gamma (log p - log p_media_free) + log p_media_free; 1 = none")
+        _check_number("PAI", "beta", beta, 0.1, lo=0.0, hi=1.0, lo_open=True, what=_BETA_WHAT)
+        _check_int("PAI", "start_layer", start_layer, 2, what="the first layer boosted")
+        if not callable(strip):
+            raise ValueError(f"PAI strip must be a function text -> the text without its media placeholders "
+                             f"(default strip_media_placeholders), got {strip!r}")
         self.alpha, self.gamma, self.beta, self.start_layer, self.strip = alpha, gamma, beta, start_layer, strip
 
-    def start(self, model, prompt, batch):
+    def fwd_hooks(self, model, batch) -> list:
+        """PAI's attention boost alone: `attn.hook_attn_scores` hooks adding `alpha |s|` to the
+        scores of the media keys (audio, video, image) for the last query of each forward (in the
+        prefill the prompt's last token, then each decoded token) in layers `start_layer`..L-1. For
+        `model.generate(batch, fwd_hooks=...)` or `model.run_with_hooks`; without the contrast
+        with the media-free prompt (that needs a second branch: `decode(model, prompt, PAI())`).
+        Raises ValueError if no layer is left, `NothingToSteer` if a sample has no media token."""
+        batch = model._to_batch(batch)
+        L = model.cfg.n_layers
+        layers = list(range(self.start_layer, L))
+        if not layers:
+            raise ValueError(f"PAI start_layer={self.start_layer} leaves no layer of this {L}-layer model to boost; "
+                             f"pass start_layer < {L} (PAI's published default is 2)")
         lay = batch.layout
         keys = lay.mask("audio") | lay.mask("video") | lay.mask("image")
-        layers = list(range(self.start_layer, model.cfg.n_layers))
-        if not layers or not bool(keys.any(1).all()):
-            raise NothingToSteer("PAI needs media tokens in every sample and start_layer < n_layers; it would change nothing")
+        if not bool(keys.any(1).all()):
+            bad = (~keys.any(1)).nonzero().flatten().tolist()
+            raise NothingToSteer(f"PAI boosts attention to media tokens, and samples {bad} have none; it would change nothing")
+        return boost_hooks(batch, keys, layers, self.alpha, last_only=True)
+
+    def start(self, model, prompt, batch):
+        hooks = self.fwd_hooks(model, batch)
         text = self.strip(prompt.text)
         if text == prompt.text:
             raise ValueError("PAI's media-free prompt equals the prompt: pass strip= that removes this family's media placeholders")
         uncond = prompt.build(model, text=text, audio=None, video=None)
-        steered = Branch(batch, boost_hooks(batch, keys, layers, self.alpha, last_only=True), "steered")
+        steered = Branch(batch, hooks, "steered")
         return _ContrastRun([steered, Branch(uncond, [], "media_free")], lambda a, b: pai_contrast(a, b, self.gamma, self.beta))
 
 
 class VCD(Method):
     """Visual contrastive decoding (CVPR 2024; `DAMO-NLP-SG/VCD`), generalised to audio: the contrast
     with a run on diffusion-noised encoder inputs of `modalities` (`vcd_contrast`, `diffusion_noise`),
-    seeded."""
+    seeded.
+
+    Args (published defaults): alpha 1 (>= 0), beta 0.1 (in (0, 1]), noise_step 500 (in [0, 1000)),
+    modalities ("audio", "video"; distinct names from "audio", "video", "image"), seed 0.
+    Out-of-range values raise ValueError here."""
 
     name = "vcd"
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.1, noise_step: int = 500, modalities: Sequence[str] = ("audio", "video"), seed: int = 0):
-        self.alpha, self.beta, self.noise_step, self.modalities, self.seed = alpha, beta, noise_step, tuple(modalities), seed
+        _check_number("VCD", "alpha", alpha, 1, what="the contrast (1 + alpha) z - alpha z_noised; 0 = none")
+        _check_number("VCD", "beta", beta, 0.1, lo=0.0, hi=1.0, lo_open=True, what=_BETA_WHAT)
+        _check_int("VCD", "noise_step", noise_step, 500, hi=VCD_NOISE_STEPS,
+                   what=f"the diffusion step of the noise, of VCD's {VCD_NOISE_STEPS}-step schedule")
+        if isinstance(modalities, str):
+            raise ValueError(f"VCD modalities must be a sequence of modality names, e.g. ({modalities!r},), not the string "
+                             f"{modalities!r}; the default is ('audio', 'video')")
+        mods = tuple(modalities)
+        bad = [m for m in mods if m not in _RAW_KEYS]
+        if not mods or bad or len(set(mods)) != len(mods):
+            raise ValueError(f"VCD modalities must be distinct names from {tuple(_RAW_KEYS)} (at least one); got {mods!r}. "
+                             f"The default is ('audio', 'video'); VCD's published setting noises the image")
+        _check_int("VCD", "seed", seed, 0, what="the noise generator's seed")
+        self.alpha, self.beta, self.noise_step, self.modalities, self.seed = alpha, beta, noise_step, mods, seed
 
     def noised(self, model, batch):
         raw = dict(batch.raw or {})
@@ -262,16 +339,36 @@ class AVCD(Method):
     (`modality_mask[:, :, span, :] = av_mask`, so those tokens attend to nothing after renormalising),
     while the paper describes masking the tokens as keys; avlens masks them as keys (attention
     scores -inf for every query but the token's own). (3) The released plausibility fill is -1e-4
-    (`fill=-1e-4` reproduces it); the default here is -inf, the usual cutoff."""
+    (`fill=-1e-4` reproduces it); the default here is -inf, the usual cutoff.
+
+    Args (published defaults): alpha 0.5 (>= 0), beta 0.2 (in (0, 1]), entropy_threshold 0.6 (>= 0,
+    nats), quantile 0.5 (in [0, 1]), layers None (all but the last; else distinct indices >= 0,
+    below the model's depth, checked when run), fill -inf (<= 0). Out-of-range values raise
+    ValueError here."""
 
     name = "avcd"
 
     def __init__(self, alpha: float = 0.5, beta: float = 0.2, entropy_threshold: float = 0.6, quantile: float = 0.5,
                  layers: Optional[Sequence[int]] = None, fill: float = float("-inf")):
-        if not 0 <= quantile <= 1:
-            raise ValueError(f"quantile must be in [0, 1] (the official threshold is the median, 0.5), got {quantile}")
+        _check_number("AVCD", "alpha", alpha, 0.5, what="the contrast (2 + 2 alpha) z - 2 alpha z1 + z2 + z3")
+        _check_number("AVCD", "beta", beta, 0.2, lo=0.0, hi=1.0, lo_open=True, what=_BETA_WHAT)
+        _check_number("AVCD", "entropy_threshold", entropy_threshold, 0.6,
+                      what="the entropy (nats) of softmax(z) below which the plain logits are kept; 0 = always contrast")
+        _check_number("AVCD", "quantile", quantile, 0.5, hi=1.0,
+                      what="the quantile over keys of the attention that sets the threshold; 0.5 = the median")
+        if layers is not None:
+            layers = list(layers)
+            bad = [l for l in layers if not isinstance(l, numbers.Integral) or isinstance(l, bool) or l < 0]
+            if not layers or bad or len(set(layers)) != len(layers):
+                raise ValueError(f"AVCD layers must be None (every layer but the last, the published setting) or distinct "
+                                 f"layer indices >= 0, at least one; got {layers!r}")
+            layers = [int(l) for l in layers]
+        if not isinstance(fill, numbers.Real) or isinstance(fill, bool) or math.isnan(fill) or fill > 0:
+            raise ValueError(f"AVCD fill (the score of tokens below the plausibility cutoff) must be -inf or a number "
+                             f"<= 0 so that dropped tokens are not preferred; the default is -inf, the released code's "
+                             f"-1e-4, got {fill!r}")
         self.alpha, self.beta, self.entropy_threshold, self.quantile = alpha, beta, entropy_threshold, quantile
-        self.layers, self.fill = None if layers is None else list(layers), fill
+        self.layers, self.fill = layers, fill
 
     def start(self, model, prompt, batch):
         lay = batch.layout
@@ -330,9 +427,51 @@ def mad_word_ids(tokenizer, words: Sequence[str] = MAD_WORDS) -> list[int]:
     return ids
 
 
+#: MAD's self-assessment query, verbatim (top-yun/MAD `qwen-omni/utils.py` and `VideoLLaMA2/config.py`,
+#: `MODALITY_QUERY_PROMPT`, trailing space included)
+MAD_MODALITY_QUERY = "To answer this question, which modality is needed (audio, video, or both): "
+_MEDIA_END = r"<\|(?:vision|audio)_eos\|>|<(?:video|audio|image)>"
+
+
+def official_assessment(prompt: Union[AVPrompt, str], media_end: str = _MEDIA_END, turn_end: str = "<|im_end|>") -> str:
+    """MAD's official self-assessment prompt built from `prompt`: the user's question (the text
+    after the last media placeholder, up to `turn_end`) replaced by ``"Question: " + question +
+    "\n" + MAD_MODALITY_QUERY``, everything else (system text, chat markers, media placeholders,
+    the whitespace after the media) kept.
+
+    Source: top-yun/MAD `qwen-omni/utils.py::mm_contrast_decode_qwen` builds its "head"
+    conversation as the video, then ``{"type": "text", "text": "Question: " + question + "\n" +
+    add_prompt}`` with ``add_prompt = MODALITY_QUERY_PROMPT`` (`eval_batch_mad.py`,
+    `eval_batch_cmm_mad.py`; `question` there already ends with the answer instruction " Answer
+    only 'Yes' or 'No'. Do not include any explanation.", so whatever the prompt's question holds is
+    kept); VideoLLaMA2's `mm_contrast_decode` writes the same text after ``<video>\n``. The
+    next-token logits at the end of this prompt (the chat's assistant turn) give p_a, p_v, p_b.
+
+    `media_end`: a regex for the end of a media placeholder (default: Qwen-Omni's
+    ``<|vision_eos|>`` / ``<|audio_eos|>`` and the ``<video>`` / ``<audio>`` / ``<image>``
+    sentinels). Raises ValueError if the prompt has no placeholder or no question after it."""
+    text = prompt.text if isinstance(prompt, AVPrompt) else str(prompt)
+    ends = list(re.finditer(media_end, text))
+    if not ends:
+        raise ValueError(f"official_assessment found no media placeholder (pattern {media_end!r}) in the prompt {text[:120]!r}; "
+                         "MAD's question goes after the media. Pass media_end= for your family's placeholder, or "
+                         "MAD(assessment=your_function) that returns the assessment prompt")
+    start = ends[-1].end()
+    stop = text.find(turn_end, start)
+    stop = len(text) if stop < 0 else stop
+    segment = text[start:stop]
+    question = segment.strip()
+    if not question:
+        raise ValueError(f"official_assessment found no question between the last media placeholder and {turn_end!r} in "
+                         f"{text[:200]!r}; put the question after the media, or pass MAD(assessment=your_function)")
+    lead = segment[: len(segment) - len(segment.lstrip())]
+    return text[:start] + lead + "Question: " + question + "\n" + MAD_MODALITY_QUERY + text[stop:]
+
+
 def toy_assessment(prompt: AVPrompt) -> str:
-    """The toy's self-assessment prompt: its "which modality" question with the clip's media (the toy
-    cannot read MAD's "To answer this question, which modality is needed (audio, video, or both):")."""
+    """The toy's self-assessment prompt: its "which modality" question with the clip's media, the
+    same for every question (the toy's word-level vocabulary cannot read MAD's official query,
+    `official_assessment`). Only meaningful on the toy model."""
     from avlens.data import tasks
 
     return tasks.prompt_text(tasks.Example("modality", tasks.MODALITY_QUESTION, "", None))
@@ -350,19 +489,34 @@ class _MADRun(MethodRun):
 class MAD(Method):
     """Modality-adaptive decoding (*MAD*, arXiv 2601.21181; official code `top-yun/MAD`,
     `qwen-omni/utils.py::mm_contrast_decode_qwen`). The model is asked which modality is needed
-    (`assessment(prompt)` -> prompt text, with the clip's media; default the toy's
-    "which modality tells you what the object is ?"); the softmax over its next-token logits of
+    (`assessment(prompt)` -> prompt text, with the clip's media): `official_assessment` is MAD's own
+    prompt ("Question: <question>\nTo answer this question, which modality is needed (audio,
+    video, or both): ") and what `default_methods()` uses; the constructor's default,
+    `toy_assessment`, is the toy's "which modality tells you what the object is ?" (the toy cannot
+    read the official one; `default_methods(toy=True)` uses it), so on any other model pass
+    `assessment=official_assessment`. The softmax over its next-token logits of
     "audio", "video", "both" gives p_a, p_v, p_b; four branches (audio+video, video only, audio only,
     text only), each with its own KV cache, are summed with `mad_weights` (gamma 0.5, the official
     script's default; the paper's tables use 2.5) on raw logits, greedy. A modality is removed by
     zeroing its raw input (`zero_media`: silent waveform / black frames, positions unchanged), where the
     official code drops it from the prompt. Raises `NotApplicable` if the vocabulary lacks the three
-    words. `run.probs` holds (p_a, p_v, p_b)."""
+    words. `run.probs` holds (p_a, p_v, p_b).
+
+    Args (published defaults): gamma 0.5 (>= 0), assessment (a function), words ("audio", "video",
+    "both": three distinct names, in that order). Out-of-range values raise ValueError here."""
 
     name = "mad"
     needs_prompt = True
 
     def __init__(self, gamma: float = 0.5, assessment: Callable[[AVPrompt], str] = toy_assessment, words: Sequence[str] = MAD_WORDS):
+        _check_number("MAD", "gamma", gamma, 0.5, what="the strength of the self-assessed weighting; 0 gives 2 z_av + z_v + z_a")
+        if not callable(assessment):
+            raise ValueError(f"MAD assessment must be a function AVPrompt -> the self-assessment prompt text "
+                             f"(official_assessment for MAD's own prompt, toy_assessment on the toy), got {assessment!r}")
+        if isinstance(words, str) or len(tuple(words)) != 3 or len(set(words)) != 3 \
+                or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ValueError(f"MAD words must be three distinct non-empty strings naming audio, video and both, in that "
+                             f"order; the published ones are {MAD_WORDS}, got {words!r}")
         self.gamma, self.assessment, self.words = gamma, assessment, tuple(words)
 
     @torch.no_grad()
