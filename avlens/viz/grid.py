@@ -3,6 +3,8 @@ bands along a position axis, and bar charts for one-axis results."""
 
 from __future__ import annotations
 
+import html
+
 import math
 from typing import Optional, Sequence
 
@@ -11,6 +13,12 @@ from torch import Tensor
 from avlens.layout import GROUP_COLORS, GROUP_LETTERS
 from avlens.viz.groups import _runs
 
+
+
+def _t(x) -> str:
+    """Text for plotly labels: plotly reads them as markup (<b>, <br>, <a>), so token text is escaped
+    to show literally."""
+    return html.escape(str(x), quote=False)
 
 def group_bands(groups: Sequence[str], axis: str = "x", ref: Optional[str] = None, edge: float = 1.0,
                 offset_px: int = 3, size_px: int = 14, min_label_share: float = 0.03) -> tuple[list[dict], list[dict]]:
@@ -85,10 +93,10 @@ def grid_heatmap(
     # diverging around `center` with high values red, as avlens's views and reprs draw them
     scale = dict(colorscale="RdBu_r", cmid=float(center)) if center is not None else dict(colorscale="Viridis")
     x = list(range(len(col_labels)))
-    text = [[f"{row_title} {r}<br>{col_title} {c}" for c in col_labels] for r in row_labels]
+    text = [[f"{_t(row_title)} {_t(r)}<br>{_t(col_title)} {_t(c)}" for c in col_labels] for r in row_labels]
     for f in range(n_f):
         fig.add_trace(go.Heatmap(
-            z=z[..., f].numpy(), x=x, y=[str(r) for r in row_labels], text=text, coloraxis="coloraxis",
+            z=z[..., f].numpy(), x=x, y=[_t(r) for r in row_labels], text=text, coloraxis="coloraxis",
             hovertemplate="%{text}<br>" + value_title + " %{z:.4g}<extra></extra>",
         ), row=f // cols + 1, col=f % cols + 1)
     height = max(320, 300 * rows + 80)
@@ -105,7 +113,7 @@ def grid_heatmap(
         for a in fig.layout.annotations:
             a.yshift = 20
         group_legend(fig, col_groups)
-    tick = dict(tickmode="array", tickvals=x, ticktext=[str(c) for c in col_labels]) if len(col_labels) <= 64 else {}
+    tick = dict(tickmode="array", tickvals=x, ticktext=[_t(c) for c in col_labels]) if len(col_labels) <= 64 else {}
     fig.update_xaxes(title=col_title, **tick)
     fig.update_yaxes(title=row_title, autorange="reversed")
     fig.update_layout(title=title, shapes=shapes, plot_bgcolor="white", margin=dict(t=100),
@@ -132,7 +140,7 @@ def bar_chart(values: Tensor, labels: Sequence, axis_title: str, title: str = ""
     if bands and groups is not None:
         shapes, notes = group_bands(groups, "x")
         group_legend(fig, groups)
-        tick = dict(tickmode="array", tickvals=x, ticktext=[str(l) for l in labels]) if len(labels) <= 64 else {}
+        tick = dict(tickmode="array", tickvals=x, ticktext=[_t(l) for l in labels]) if len(labels) <= 64 else {}
         fig.update_layout(shapes=shapes, margin=dict(t=90), legend=dict(orientation="h", y=-0.25, x=0))
         fig.update_xaxes(**tick)
         for a in notes:

@@ -143,7 +143,9 @@ def attention_heatmap(pattern: Tensor, labels: Sequence[str], groups: Sequence[s
 
     z = pattern.detach().float().cpu().numpy() if isinstance(pattern, Tensor) else pattern
     n = len(labels)
-    hover = [[f"query {labels[q]}<br>key {labels[k]}" for k in range(n)] for q in range(n)]
+    # plotly reads tick and hover text as markup (<b>, <br>, <a>): escape token text so it shows literally
+    safe = [html.escape(str(t), quote=False) for t in labels]
+    hover = [[f"query {safe[q]}<br>key {safe[k]}" for k in range(n)] for q in range(n)]
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(n)), y=list(range(n)), text=hover, colorscale="Blues", zmin=0,
         hovertemplate="%{text}<br>attention %{z:.3f}<extra></extra>", colorbar=dict(x=1.07, len=0.8),
@@ -154,7 +156,7 @@ def attention_heatmap(pattern: Tensor, labels: Sequence[str], groups: Sequence[s
     right, right_notes = group_bands(groups, "y")
     shapes, notes = top + right, top_notes + right_notes
     group_legend(fig, groups)
-    tick = dict(tickmode="array", tickvals=list(range(n)), ticktext=list(labels), tickfont=dict(size=8))
+    tick = dict(tickmode="array", tickvals=list(range(n)), ticktext=safe, tickfont=dict(size=8))
     fig.update_layout(
         title=title, width=860, height=820, shapes=shapes, plot_bgcolor="white",
         xaxis=dict(title="key", side="bottom", tickangle=-90, **tick),
