@@ -207,5 +207,5 @@ def test_mad_with_the_official_assessment_reads_its_prompt(toy, prompt):
     out = decode(toy, prompt, MAD(assessment=official_assessment), max_new_tokens=1)
     torch.testing.assert_close(out.run.probs[0].double(), want, rtol=1e-5, atol=1e-6)
     # and it differs from the toy's own question (a different prompt, different probabilities)
-    toy_probs = decode(toy, prompt, MAD(), max_new_tokens=1).run.probs[0].double()
+    toy_probs = decode(toy, prompt, MAD(assessment=toy_assessment), max_new_tokens=1).run.probs[0].double()
     assert not np.allclose(toy_probs.numpy(), want.numpy())

@@ -12,7 +12,7 @@ from avlens.data import synth, tasks
 from avlens.data.halluc_bench import write_toy_benchmark
 from avlens.mitigation import (VAR, AdaptiveGuidance, AVPrompt, Plain, SinkConfig, SinkSteering, boost_layers, decode,
                                guidance_band, guidance_target, redistribute_pattern, steering_sinks)
-from avlens.mitigation.baselines import VCD, PAI, diffusion_noise, pai_contrast, vcd_contrast
+from avlens.mitigation.baselines import VCD, PAI, diffusion_noise, pai_contrast, toy_assessment, vcd_contrast
 
 TOY_SINKS = SinkConfig("attention", eps=0.1, dims=[])
 
@@ -166,7 +166,7 @@ def test_methods_run_on_the_toy_benchmark(toy, tmp_path):
     from avlens.mitigation.baselines import AVCD, MAD
 
     methods = {"plain": Plain(), "sink_steering": SinkSteering(sinks=TOY_SINKS), "var": VAR(sinks=TOY_SINKS), "pai": PAI(), "vcd": VCD(),
-               "avcd": AVCD(), "mad": MAD()}
+               "avcd": AVCD(), "mad": MAD(assessment=toy_assessment)}
     res = compare_methods(toy, str(tmp_path), methods, n_boot=50)
     t = res.table.set_index("method")
     assert list(t.index) == list(methods) and (t["n_yes_no"] > 0).all() and (t["n_captions"] == 2).all()
@@ -309,7 +309,7 @@ def test_mad_self_assessment_is_a_softmax_of_the_models_word_logits(toy, prompt)
     z = toy.forward(q.build(toy))[0, -1].double()
     e = [math.exp(float(z[i]) - float(z[ids].max())) for i in ids]
     p_a, p_v, p_b = (x / sum(e) for x in e)
-    out = decode(toy, prompt, MAD(), max_new_tokens=2)
+    out = decode(toy, prompt, MAD(assessment=toy_assessment), max_new_tokens=2)
     torch.testing.assert_close(out.run.probs[0].double(), torch.tensor([p_a, p_v, p_b], dtype=torch.float64), rtol=1e-5, atol=1e-6)
     w = [2 + p_b, 1 - 0.5 * (p_b - p_v), 1 - 0.5 * (p_b - p_a), -0.5 * (p_v + p_a)]
     torch.testing.assert_close(out.run.weights[0].double(), torch.tensor(w, dtype=torch.float64), rtol=1e-5, atol=1e-6)

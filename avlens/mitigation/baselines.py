@@ -491,10 +491,9 @@ class MAD(Method):
     `qwen-omni/utils.py::mm_contrast_decode_qwen`). The model is asked which modality is needed
     (`assessment(prompt)` -> prompt text, with the clip's media): `official_assessment` is MAD's own
     prompt ("Question: <question>\nTo answer this question, which modality is needed (audio,
-    video, or both): ") and what `default_methods()` uses; the constructor's default,
-    `toy_assessment`, is the toy's "which modality tells you what the object is ?" (the toy cannot
-    read the official one; `default_methods(toy=True)` uses it), so on any other model pass
-    `assessment=official_assessment`. The softmax over its next-token logits of
+    video, or both): ") and the default; `toy_assessment` is the toy's "which modality tells you what
+    the object is ?" (the toy cannot read the official one; `default_methods(toy=True)` uses it).
+    The softmax over its next-token logits of
     "audio", "video", "both" gives p_a, p_v, p_b; four branches (audio+video, video only, audio only,
     text only), each with its own KV cache, are summed with `mad_weights` (gamma 0.5, the official
     script's default; the paper's tables use 2.5) on raw logits, greedy. A modality is removed by
@@ -508,7 +507,8 @@ class MAD(Method):
     name = "mad"
     needs_prompt = True
 
-    def __init__(self, gamma: float = 0.5, assessment: Callable[[AVPrompt], str] = toy_assessment, words: Sequence[str] = MAD_WORDS):
+    def __init__(self, gamma: float = 0.5, assessment: Optional[Callable[[AVPrompt], str]] = None, words: Sequence[str] = MAD_WORDS):
+        assessment = official_assessment if assessment is None else assessment
         _check_number("MAD", "gamma", gamma, 0.5, what="the strength of the self-assessed weighting; 0 gives 2 z_av + z_v + z_a")
         if not callable(assessment):
             raise ValueError(f"MAD assessment must be a function AVPrompt -> the self-assessment prompt text "
