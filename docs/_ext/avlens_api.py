@@ -27,11 +27,6 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-from docutils import nodes
-from docutils.parsers.rst import directives
-from docutils.statemachine import StringList
-from sphinx.util.docutils import SphinxDirective
-from sphinx.util.nodes import nested_parse_with_titles
 
 ROOT = "avlens"
 #: packages that are the same thing as another public name: they rank after it for homes
@@ -163,34 +158,45 @@ def module_rst(modname: str) -> list[str]:
     return lines
 
 
-class ApiDirective(SphinxDirective):
-    """``.. avlens-api:: avlens.analysis`` with optional ``:submodules:`` (every public module below).
+def _directive():
+    """The directive class (built on first use, importing Sphinx; the walk above needs no Sphinx,
+    so tests/test_docs.py runs without it)."""
+    from docutils import nodes
+    from docutils.parsers.rst import directives
+    from docutils.statemachine import StringList
+    from sphinx.util.docutils import SphinxDirective
+    from sphinx.util.nodes import nested_parse_with_titles
 
-    Use it in an rST page: it emits autodoc directives, which MyST pages would not parse as rST."""
+    class ApiDirective(SphinxDirective):
+        """``.. avlens-api:: avlens.analysis`` with optional ``:submodules:`` (every public module below).
 
-    required_arguments = 1
-    option_spec = {"submodules": directives.flag}
+        Use it in an rST page: it emits autodoc directives, which MyST pages would not parse as rST."""
 
-    def run(self):
-        modname = self.arguments[0].strip()
-        if modname not in public_modules():
-            raise self.error(f"avlens-api: {modname!r} is not a public avlens module; public modules: "
-                             + ", ".join(public_modules()))
-        mods = covered(modname, "submodules" in self.options)
-        lines: list[str] = []
-        for m in mods:
-            lines += module_rst(m)
-            mod = importlib.import_module(m)
-            if getattr(mod, "__file__", None):
-                self.env.note_dependency(mod.__file__)
-        for ext in Path(__file__).parent.glob("*.py"):  # this generator and the docstring converter
-            self.env.note_dependency(str(ext))
-        node = nodes.container()
-        nested_parse_with_titles(self.state, StringList(lines, source=f"<avlens-api {modname}>"), node)
-        return node.children
+        required_arguments = 1
+        option_spec = {"submodules": directives.flag}
+
+        def run(self):
+            modname = self.arguments[0].strip()
+            if modname not in public_modules():
+                raise self.error(f"avlens-api: {modname!r} is not a public avlens module; public modules: "
+                                 + ", ".join(public_modules()))
+            mods = covered(modname, "submodules" in self.options)
+            lines: list[str] = []
+            for m in mods:
+                lines += module_rst(m)
+                mod = importlib.import_module(m)
+                if getattr(mod, "__file__", None):
+                    self.env.note_dependency(mod.__file__)
+            for ext in Path(__file__).parent.glob("*.py"):  # this generator and the docstring converter
+                self.env.note_dependency(str(ext))
+            node = nodes.container()
+            nested_parse_with_titles(self.state, StringList(lines, source=f"<avlens-api {modname}>"), node)
+            return node.children
+
+    return ApiDirective
 
 
 def setup(app):
     app.setup_extension("sphinx.ext.autodoc")
-    app.add_directive("avlens-api", ApiDirective)
+    app.add_directive("avlens-api", _directive())
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

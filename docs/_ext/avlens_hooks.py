@@ -23,8 +23,6 @@ import functools
 import re
 from dataclasses import dataclass, field
 
-from docutils import nodes
-from sphinx.util.docutils import SphinxDirective
 
 #: TransformerLens config switches behind opt-in hooks (they refuse hooks while switched off).
 OPT_IN_SWITCHES = ("use_attn_result", "use_split_qkv_input")
@@ -298,106 +296,118 @@ def group_rows(s: Sample | None = None, hook: str = "blocks.0.hook_resid_post") 
 
 
 # ------------------------------------------------------------------------------------ directives
+# Sphinx and docutils are imported only here, so the generators above work without them
+# (tests/test_docs.py runs in the test environment, which has no Sphinx).
 
 
-def _inline(text: str) -> list[nodes.Node]:
-    """Cell text -> docutils nodes: `code` spans as literals, the rest as plain text (no markup
-    is interpreted, so the directive works the same in MyST and rST pages)."""
-    out: list[nodes.Node] = []
-    for part in re.split(r"(`[^`]+`)", text):
-        if not part:
-            continue
-        if part.startswith("`") and part.endswith("`") and len(part) > 2:
-            out.append(nodes.literal(part[1:-1], part[1:-1]))
-        else:
-            out.append(nodes.Text(part))
-    return out
+def _directives():
+    """The two directive classes (built on first use, importing Sphinx)."""
+    from docutils import nodes
+    from sphinx.util.docutils import SphinxDirective
 
 
-def _table(header: list[str], rows: list[list[str]], caption: str) -> nodes.table:
-    """A docutils table; cells are strings in `_inline`'s notation."""
-    table = nodes.table(classes=["avlens-generated"])
-    table += nodes.title(caption, "", *_inline(caption))
-    group = nodes.tgroup(cols=len(header))
-    table += group
-    for _ in header:
-        group += nodes.colspec(colwidth=1)
-    thead, tbody = nodes.thead(), nodes.tbody()
-    group += thead
-    group += tbody
-    for target, cells in ((thead, [header]), (tbody, rows)):
-        for cells_row in cells:
-            row = nodes.row()
-            for c in cells_row:
-                entry = nodes.entry()
-                entry += nodes.paragraph("", "", *_inline(c))
-                row += entry
-            target += row
-    return table
+
+    def _inline(text: str) -> list[nodes.Node]:
+        """Cell text -> docutils nodes: `code` spans as literals, the rest as plain text (no markup
+        is interpreted, so the directive works the same in MyST and rST pages)."""
+        out: list[nodes.Node] = []
+        for part in re.split(r"(`[^`]+`)", text):
+            if not part:
+                continue
+            if part.startswith("`") and part.endswith("`") and len(part) > 2:
+                out.append(nodes.literal(part[1:-1], part[1:-1]))
+            else:
+                out.append(nodes.Text(part))
+        return out
 
 
-def _shape_cell(shape: str, dims: str) -> str:
-    """`[batch, pos, d_model]` = `[3, 162, 128]`, or the measured shape alone."""
-    if dims in ("-", "", shape):
-        return _code(shape)
-    return f"{_code(dims)} = {_code(shape)}"
+    def _table(header: list[str], rows: list[list[str]], caption: str) -> nodes.table:
+        """A docutils table; cells are strings in `_inline`'s notation."""
+        table = nodes.table(classes=["avlens-generated"])
+        table += nodes.title(caption, "", *_inline(caption))
+        group = nodes.tgroup(cols=len(header))
+        table += group
+        for _ in header:
+            group += nodes.colspec(colwidth=1)
+        thead, tbody = nodes.thead(), nodes.tbody()
+        group += thead
+        group += tbody
+        for target, cells in ((thead, [header]), (tbody, rows)):
+            for cells_row in cells:
+                row = nodes.row()
+                for c in cells_row:
+                    entry = nodes.entry()
+                    entry += nodes.paragraph("", "", *_inline(c))
+                    row += entry
+                target += row
+        return table
 
 
-def _code(text: str) -> str:
-    return f"`{text}`" if text and text != "-" else (text or "")
+    def _shape_cell(shape: str, dims: str) -> str:
+        """`[batch, pos, d_model]` = `[3, 162, 128]`, or the measured shape alone."""
+        if dims in ("-", "", shape):
+            return _code(shape)
+        return f"{_code(dims)} = {_code(shape)}"
 
 
-class _TableDirective(SphinxDirective):
-    has_content = False
-
-    def _depend(self) -> None:
-        # rebuild the page when the model code or the shipped checkpoint changes
-        from pathlib import Path
-
-        import avlens
-
-        self.env.note_dependency(__file__)
-        root = Path(avlens.__file__).parent
-        for rel in ("model/hooked.py", "model/hook_points.py", "model/components.py", "layout.py",
-                    "families/qwen2_5_omni.py", "toy/checkpoint/config.json"):
-            if (root / rel).exists():
-                self.env.note_dependency(str(root / rel))
+    def _code(text: str) -> str:
+        return f"`{text}`" if text and text != "-" else (text or "")
 
 
-class HookTableDirective(_TableDirective):
-    """``avlens-hook-table``: every hook point of the toy model with its measured shape."""
+    class _TableDirective(SphinxDirective):
+        has_content = False
 
-    def run(self):
-        self._depend()
-        s = sample()
-        rows = hook_rows(s)
-        body = [
-            [_code(r.pattern), r.index, _shape_cell(r.shape, r.dims),
-             r.fires + (f"; {r.calls} calls per forward" if r.calls > 1 else ""), "yes" if r.group_views else "no"]
-            for r in rows
-        ]
-        n = sum(len(r.names) for r in rows)
-        caption = (f"Hook points of {s.description}: {len(rows)} rows covering all {n} names in `model.hook_dict`. "
-                   "Generated when these docs were built.")
-        return [_table(["hook", "layers", "shape", "fires", "group views"], body, caption)]
+        def _depend(self) -> None:
+            # rebuild the page when the model code or the shipped checkpoint changes
+            from pathlib import Path
+
+            import avlens
+
+            self.env.note_dependency(__file__)
+            root = Path(avlens.__file__).parent
+            for rel in ("model/hooked.py", "model/hook_points.py", "model/components.py", "layout.py",
+                        "families/qwen2_5_omni.py", "toy/checkpoint/config.json"):
+                if (root / rel).exists():
+                    self.env.note_dependency(str(root / rel))
 
 
-class GroupTableDirective(_TableDirective):
-    """``avlens-group-table``: the sample's token groups and their group views."""
+    class HookTableDirective(_TableDirective):
+        """``avlens-hook-table``: every hook point of the toy model with its measured shape."""
 
-    def run(self):
-        self._depend()
-        s = sample()
-        rows = group_rows(s)
-        body = [[_code(r.group), r.kind, r.count, r.runs,
-                 _shape_cell(r.shape, r.dims) if r.dims != "-" else r.shape] for r in rows]
-        hook = rows[0].view.rsplit(".", 1)[0] if rows else "blocks.0.hook_resid_post"
-        caption = (f"Token groups of the sample batch (batch of {s.batch.shape[0]}, {s.batch.shape[1]} positions; "
-                   f"sample 0 is `{s.batch.layout.summary(0)}`). Generated when these docs were built.")
-        return [_table(["group", "kind", "positions per sample", "runs in sample 0", f"`{hook}.<group>` receives"], body, caption)]
+        def run(self):
+            self._depend()
+            s = sample()
+            rows = hook_rows(s)
+            body = [
+                [_code(r.pattern), r.index, _shape_cell(r.shape, r.dims),
+                 r.fires + (f"; {r.calls} calls per forward" if r.calls > 1 else ""), "yes" if r.group_views else "no"]
+                for r in rows
+            ]
+            n = sum(len(r.names) for r in rows)
+            caption = (f"Hook points of {s.description}: {len(rows)} rows covering all {n} names in `model.hook_dict`. "
+                       "Generated when these docs were built.")
+            return [_table(["hook", "layers", "shape", "fires", "group views"], body, caption)]
+
+
+    class GroupTableDirective(_TableDirective):
+        """``avlens-group-table``: the sample's token groups and their group views."""
+
+        def run(self):
+            self._depend()
+            s = sample()
+            rows = group_rows(s)
+            body = [[_code(r.group), r.kind, r.count, r.runs,
+                     _shape_cell(r.shape, r.dims) if r.dims != "-" else r.shape] for r in rows]
+            hook = rows[0].view.rsplit(".", 1)[0] if rows else "blocks.0.hook_resid_post"
+            caption = (f"Token groups of the sample batch (batch of {s.batch.shape[0]}, {s.batch.shape[1]} positions; "
+                       f"sample 0 is `{s.batch.layout.summary(0)}`). Generated when these docs were built.")
+            return [_table(["group", "kind", "positions per sample", "runs in sample 0", f"`{hook}.<group>` receives"], body, caption)]
+
+    return HookTableDirective, GroupTableDirective
 
 
 def setup(app):
-    app.add_directive("avlens-hook-table", HookTableDirective)
-    app.add_directive("avlens-group-table", GroupTableDirective)
+    hook_table, group_table = _directives()
+    app.add_directive("avlens-hook-table", hook_table)
+    app.add_directive("avlens-group-table", group_table)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
