@@ -129,12 +129,19 @@ def test_checks_catch_a_wrong_answer_not_only_a_stub():
     with pytest.raises(AssertionError):
         checks.test_group_attention_mass(no_renorm)
 
-    def overflowing_boost(scores, queries, keys, alpha):  # alpha * |finfo.min| -> inf, inf * 0 -> nan off the cells
+    def overflowing_boost(scores, queries, keys, alpha):  # boosts masked cells too; inf * 0 -> nan for alpha >= 1
         cells = (queries[:, None, :, None] & keys[:, None, None, :]).to(scores.dtype)
         return scores + alpha * scores.abs() * cells
 
-    with pytest.raises(AssertionError, match="nan"):
+    with pytest.raises(AssertionError, match="values differ|nan|inf"):
         checks.test_boost_scores(overflowing_boost)
+
+    def boosts_masked_cells(scores, queries, keys, alpha):  # no overflow, but a masked cell is "boosted"
+        cells = queries[:, None, :, None] & keys[:, None, None, :]
+        return torch.where(cells, scores + alpha * scores.abs(), scores)
+
+    with pytest.raises(AssertionError, match="values differ"):
+        checks.test_boost_scores(boosts_masked_cells)
     assert torch.is_grad_enabled()  # the checks leave torch's global state alone
 
 

@@ -537,17 +537,21 @@ def test_boost_scores(boost_scores: Callable) -> None:
     scores = scores.masked_fill(torch.ones(5, 5).triu(1).bool(), torch.finfo(torch.float32).min)
     queries = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 0, 0, 1]], dtype=torch.bool)
     keys = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    mn = torch.finfo(torch.float32).min
     for alpha in (0.2, 1.5):
         expected = scores.clone()
         for b in range(2):
             for q in range(5):
                 for k in range(5):
-                    if queries[b, q] and keys[b, k]:
-                        expected[b, :, q, k] = scores[b, :, q, k] + alpha * scores[b, :, q, k].abs()
+                    for h in range(3):
+                        s = float(scores[b, h, q, k])
+                        if queries[b, q] and keys[b, k] and s > mn:  # masked cells stay masked
+                            expected[b, h, q, k] = s + alpha * abs(s)
         got = boost_scores(scores, queries, keys, alpha)
         _close(got, expected, f"random scores [2, 3, 5, 5] with masked entries (finfo.min), alpha {alpha} (vs a loop over cells)")
-        if alpha < 1:  # alpha * |finfo.min| overflows for alpha >= 1 in the one-line form the library helper uses
-            _close(got, library_boost(scores, queries, keys, alpha), f"alpha {alpha} (vs avlens.mitigation.boost_scores)")
+        if not bool(torch.isfinite(got).all()):
+            raise AssertionError(f"alpha {alpha}: the result has inf/nan; masked cells (finfo.min) must stay as they are")
+        _close(got, library_boost(scores, queries, keys, alpha), f"alpha {alpha} (vs avlens.mitigation.boost_scores)")
     _passed("test_boost_scores")
 
 

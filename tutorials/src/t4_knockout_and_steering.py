@@ -203,8 +203,9 @@ print(f"correct answers out of {len(probes)}:", correct)
 # ### Exercise - implement `boost_scores`
 #
 # Mind the masked entries: the model's scores hold `torch.finfo(float32).min` (about -3.4e38) where
-# attention is not allowed. `alpha * |s|` overflows to `inf` there once alpha >= 1, and `inf * 0` is
-# `nan`, so multiply by the (0/1) cell mask *before* anything can overflow.
+# attention is not allowed. They must stay masked: `alpha * |s|` overflows to `inf` there (and
+# `inf * 0` is `nan`), and for alpha > 1 `s + alpha |s|` would turn a forbidden cell into a huge
+# positive score. Select the cells with `torch.where`, and leave cells at `finfo.min` alone.
 
 # %%
 def boost_scores(
@@ -214,8 +215,8 @@ def boost_scores(
     # EXERCISE
     # raise NotImplementedError("boost_scores: add alpha * |s| on the (query, key) cells both masks select")
     # SOLUTION
-    cells = (queries[:, None, :, None] & keys[:, None, None, :]).to(scores.dtype)
-    return scores + scores.abs() * (alpha * cells)  # alpha * cells is 0 off the cells: no inf * 0
+    cells = queries[:, None, :, None] & keys[:, None, None, :] & (scores > torch.finfo(scores.dtype).min)
+    return torch.where(cells, scores + alpha * scores.abs(), scores)  # masked cells untouched
     # END
 
 # %%
