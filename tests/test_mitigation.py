@@ -545,3 +545,61 @@ def test_boost_scores_leaves_masked_cells_masked_for_any_alpha():
         out = boost_scores(s, q, k, alpha)
         assert out[0, 0, 0, 0] == 1 + alpha and out[0, 0, 0, 1] == -2 + 2 * alpha and out[0, 0, 0, 2] == mn
         assert torch.isfinite(out).all()
+
+
+def _var_by_loops(P, queries, sinks, media, p=0.6, rho=0.5, min_media=0.2):
+    """VAR's row edit written out with Python loops (one sample, [h, q, k])."""
+    ref = P.clone()
+    H, Q, K = P.shape
+    for h in range(H):
+        for q in range(Q):
+            row = [float(x) for x in P[h, q]]
+            recv = []
+            for M in media:
+                tot = sum(row[k] for k in range(K) if M[k])
+                s = sum(row[k] for k in range(K) if M[k] and sinks[k])
+                if queries[q] and tot >= min_media and s <= rho * tot:
+                    recv += [k for k in range(K) if M[k] and not sinks[k]]
+            mass = sum(row[k] for k in recv)
+            if not recv or mass <= 0:
+                continue
+            freed = (1 - p) * sum(row[k] for k in range(K) if sinks[k])
+            for k in range(K):
+                if sinks[k]:
+                    ref[h, q, k] = row[k] * p
+            for k in recv:
+                ref[h, q, k] = row[k] + row[k] / mass * freed
+    return ref
+
+
+def test_var_hooks_on_the_toy_equal_loops_over_the_cached_unsteered_pattern(toy, prompt):
+    """The real hook path: each layer's own sinks, every layer but the last, queries after the media;
+    one layer hooked at a time so the reference is that layer's cached unsteered pattern."""
+    from avlens.analysis import find_sinks
+
+    var = VAR(sinks=TOY_SINKS)
+    batch = prompt.build(toy)
+    L, n = toy.cfg.n_layers, batch.shape[1]
+    rep = find_sinks(toy, batch, dims=[], eps=0.1)
+    per_layer = rep.per_layer(0, "attention")
+    labels = batch.layout.labels(0)
+    last_media = max(k for k in range(n) if labels[k] in ("audio", "video"))
+    queries = [q > last_media for q in range(n)]
+    media = [[labels[k] == m for k in range(n)] for m in ("audio", "video")]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    _, clean = toy.run_with_cache(batch, names_filter=names)
+    hooks = dict(var.fwd_hooks(toy, batch))
+    assert names[L - 1] not in hooks  # the last layer is left alone
+    checked = 0
+    for l in range(L - 1):
+        if not per_layer[l]:
+            assert names[l] not in hooks
+            continue
+        got = {}
+        toy.run_with_hooks(batch, fwd_hooks=[(names[l], hooks[names[l]]),
+                                             (names[l], lambda x, hook: got.setdefault("p", x.clone()))])
+        sinks = [k in set(per_layer[l]) for k in range(n)]
+        ref = _var_by_loops(clean[names[l]][0].double(), queries, sinks, media)
+        torch.testing.assert_close(got["p"][0].double(), ref, rtol=1e-5, atol=1e-6)
+        checked += int(not torch.allclose(ref, clean[names[l]][0].double()))
+    assert checked > 0
