@@ -155,3 +155,23 @@ def pytest_terminal_summary(terminalreporter):
     if hits:
         terminalreporter.write_sep("!", f"{browser_util.SKIP_PREFIX} ({len(hits)}): no headless Chromium; "
                                    "see the SKIPPED lines for why", red=True, bold=True)
+
+
+# ----------------------------------------------------------------------- the shipped toy model
+@pytest.fixture(scope="module")
+def toy():
+    """The shipped toy audio-visual model (`avlens.load_toy()`), one per test module."""
+    from avlens.toy import load_toy
+
+    return load_toy()
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    """A caption prompt about a synthetic clip (a dog heard off-screen), as an `AVPrompt` with its
+    raw media, for the decoding-time methods."""
+    from avlens.data import synth, tasks
+    from avlens.mitigation import AVPrompt
+
+    clip = synth.make_clip("dog", "offscreen", seed=3)
+    return AVPrompt(tasks.prompt_text(tasks.caption(clip)), audio=clip.waveform, video=clip.frames, fps=synth.FPS)

@@ -16,11 +16,6 @@ KW = dict(min_audio_chunks=1, definition="attention", eps=0.1, progress=False)
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return load_toy()
-
-
-@pytest.fixture(scope="module")
 def clips():
     return synth.make_dataset(50, seed=5)
 

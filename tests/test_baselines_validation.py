@@ -125,20 +125,6 @@ def test_default_methods_choose_the_assessment():
 
 # ------------------------------------------------------------------------ on the toy model
 
-@pytest.fixture(scope="module")
-def toy():
-    from avlens import load_toy
-
-    torch.set_num_threads(1)
-    return load_toy()
-
-
-@pytest.fixture(scope="module")
-def prompt():
-    clip = synth.make_clip("dog", "offscreen", seed=3)
-    return AVPrompt(tasks.prompt_text(tasks.caption(clip)), audio=clip.waveform, video=clip.frames, fps=synth.FPS)
-
-
 def test_pai_boost_equals_brute_force_on_unsteered_scores(toy, prompt):
     """`PAI.fwd_hooks` alone, one layer at a time (so the reference is that layer's unsteered
     input): the cached clean scores with `s + alpha |s|` written by loops into the last query's row

@@ -17,20 +17,6 @@ from avlens.mitigation.baselines import VCD, PAI, diffusion_noise, pai_contrast,
 TOY_SINKS = SinkConfig("attention", eps=0.1, dims=[])
 
 
-@pytest.fixture(scope="module")
-def toy():
-    from avlens.toy import load_toy
-
-    torch.set_num_threads(1)
-    return load_toy()
-
-
-@pytest.fixture(scope="module")
-def prompt():
-    clip = synth.make_clip("dog", "offscreen", seed=3)
-    return AVPrompt(tasks.prompt_text(tasks.caption(clip)), audio=clip.waveform, video=clip.frames, fps=synth.FPS)
-
-
 def test_layer_ranges_scale_with_depth():
     assert boost_layers(28) == list(range(6, 28)) and guidance_band(28) == list(range(18, 26))
     assert boost_layers(4) == [2, 3] and guidance_band(4) == [3]

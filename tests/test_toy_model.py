@@ -16,11 +16,6 @@ pytestmark = pytest.mark.skipif(not toy_available(), reason="no toy checkpoint s
 CARD = pathlib.Path(__file__).parent.parent / "docs" / "toy_model.md"
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return load_toy()
-
-
 @pytest.mark.timeout(1800)  # about a minute on a quiet 2-core machine; much longer when the CPU is shared
 def test_shipped_weights_reproduce_the_model_card(toy):
     """The full held-out evaluation (360 clips, all modes; captions aside) reproduces the card's

@@ -58,11 +58,6 @@ def _batch(model, clips):
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return load_toy()
-
-
-@pytest.fixture(scope="module")
 def clips():
     # different durations, so the two samples have different group counts (and left padding)
     return [synth.make_clip("dog", "clear", seed=1, duration=4.0), synth.make_clip("car", "clear", seed=2, duration=2.0)]
