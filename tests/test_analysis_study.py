@@ -9,7 +9,7 @@ import torch
 
 from avlens.analysis import HubStudy, cross_modal_hub_study, toy_samples
 from avlens.data import synth, tasks
-from avlens.toy import load_toy, toy_available
+from avlens.toy import toy_available
 
 pytestmark = pytest.mark.skipif(not toy_available(), reason="no toy checkpoint shipped")
 KW = dict(min_audio_chunks=1, definition="attention", eps=0.1, progress=False)

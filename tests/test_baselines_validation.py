@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from avlens.data import synth, tasks
 from avlens.mitigation import AVPrompt, NothingToSteer, decode, default_methods
 from avlens.mitigation.baselines import (AVCD, MAD, MAD_MODALITY_QUERY, PAI, VCD, official_assessment,
                                          toy_assessment)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avlens.data import synth, tasks
+from avlens.data import tasks
 from avlens.data.halluc_bench import write_toy_benchmark
 from avlens.mitigation import (VAR, AdaptiveGuidance, AVPrompt, Plain, SinkConfig, SinkSteering, boost_layers, decode,
                                guidance_band, guidance_target, redistribute_pattern, steering_sinks)

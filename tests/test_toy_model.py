@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-from avlens.toy import TOY_DIR, load_toy, toy_available
+from avlens.toy import TOY_DIR, toy_available
 from avlens.toy.evaluate import evaluate
 
 pytestmark = pytest.mark.skipif(not toy_available(), reason="no toy checkpoint shipped")

@@ -19,7 +19,7 @@ import torch
 
 from avlens.data import synth, tasks
 from avlens.layout import GROUP_LETTERS, BatchLayout
-from avlens.toy import load_toy, toy_available
+from avlens.toy import toy_available
 from avlens.viz import (
     Report,
     attention_drilldown,
