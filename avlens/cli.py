@@ -166,13 +166,14 @@ def run_demo(n_clips: int = 6, seed: int = 0, progress=None, hub_clips: int = HU
     done(DEMO_STEPS[5])
     patch, patch_zeroed = demo_patching(model, batches, answers, examples)
     done(DEMO_STEPS[6])
-    summary = model.attention_group_summary(batch)
-    done(DEMO_STEPS[7])
     from avlens.analysis import cross_modal_hub_study, find_sink_dims, find_sinks, toy_samples
 
     sink_dims = find_sink_dims(model, [batch])
     sinks = find_sinks(model, batch, dims=[], eps=HUB_SETTINGS["eps"])
     sinks.sink_dims = sink_dims
+    # the group flow with the global sinks as their own group (attention definition, as the toy needs)
+    summary = model.attention_group_summary(batch.with_layout(sinks.to_layout(N=3, definition="attention")))
+    done(DEMO_STEPS[7])
     study = cross_modal_hub_study(model, toy_samples(model, synth.make_dataset(hub_clips, seed=HUB_SEED)), progress=False,
                                   **HUB_SETTINGS)
     halluc = demo_hallucination(model)

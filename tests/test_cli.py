@@ -198,3 +198,21 @@ def test_hub_study_command_writes_records_table_and_report(tmp_path, capsys):
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "Token-set causal tracing" in page and "Skipped samples" in page
     assert "HubStudy(8 samples" in capsys.readouterr().out
+
+
+def test_default_demo_page_is_under_15_mb_and_its_group_flow_has_the_sink_group(tmp_path):
+    """The default `avlens demo` (6 clips, the default hub study), as a user runs it: the page stays
+    under 15 MB (decimal), and the group-flow summary has the global sinks as their own group."""
+    from avlens.cli import demo, run_demo
+
+    path = demo(str(tmp_path / "report"), quiet=True)
+    size = path.stat().st_size
+    assert size < 15e6, f"demo page is {size / 1e6:.1f} MB"
+    run = run_demo(n_clips=2, hub_clips=6)
+    assert "sink" in run.summary.groups
+    k = run.summary.groups.index("sink")
+    assert int(run.summary.query_counts[:, k].sum()) > 0
+    # every query group's attention over the partition groups still sums to 1
+    part = [run.summary.groups.index(g) for g in run.summary.groups if g in ("audio", "video", "image", "text", "special")]
+    torch.testing.assert_close(run.summary.mass[..., part].sum(-1)[..., :1], torch.ones_like(run.summary.mass[..., :1, 0]),
+                               atol=1e-4, rtol=0)
