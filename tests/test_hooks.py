@@ -721,3 +721,29 @@ def test_generate_greedy_tokens_equal_hf_argmax_on_the_extended_prompt(hf, model
         assert out.tokens[:, s].tolist() == nxt.tolist(), s
         ids = torch.cat([ids, nxt[:, None]], 1)
         am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+
+
+def test_run_with_cache_returns_an_activation_cache_with_compact_reprs(model, mixed):
+    """`run_with_cache` gives an `ActivationCache` subclass: TransformerLens's decomposition on it
+    equals the plain `ActivationCache`'s, and its reprs summarise (one row per kind of activation,
+    layers collapsed) instead of listing tensors."""
+    import re
+
+    from transformer_lens import ActivationCache
+
+    _, cache = model.run_with_cache(mixed[1])
+    assert isinstance(cache, ActivationCache)
+    plain = ActivationCache(cache.cache_dict, model)
+    torch.testing.assert_close(cache.decompose_resid(), plain.decompose_resid())
+    torch.testing.assert_close(cache.accumulated_resid(), plain.accumulated_resid())
+    kinds: dict[str, int] = {}
+    for name in cache.cache_dict:
+        key = re.sub(r"^blocks\.\d+\.", "blocks.{l}.", name)
+        kinds[key] = kinds.get(key, 0) + 1
+    text = repr(cache)
+    assert f"{len(cache.cache_dict)} activations in {len(kinds)} kinds" in text
+    for key, n in kinds.items():
+        line = next(l for l in text.splitlines() if l.split()[:1] == [key])
+        assert f"x{n}" in line and str(list(cache.cache_dict[key.replace("{l}", "0")].shape)) in line
+    page = cache._repr_html_()
+    assert page.count("<tr>") == len(kinds) + 1 and len(page) < 200 * (len(kinds) + 5)

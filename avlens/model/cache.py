@@ -36,6 +36,49 @@ class AVActivationCache(ActivationCache):
 
     between_block_hooks: tuple[str, ...] = ("hook_deepstack",)
 
+    # ------------------------------------------------------------------------ display
+    def _summary_rows(self) -> list[tuple[str, int, tuple, str, float]]:
+        """(name pattern with `{l}` for the layer, number of layers, shape, dtype, MB in all)."""
+        import re
+
+        rows: dict[str, list] = {}
+        for name, t in self.cache_dict.items():
+            pattern = re.sub(r"^blocks\.\d+\.", "blocks.{l}.", name)
+            r = rows.setdefault(pattern, [0, tuple(t.shape), str(t.dtype).replace("torch.", ""), 0.0])
+            r[0] += 1
+            r[3] += t.numel() * t.element_size() / 1e6
+        return [(k, v[0], v[1], v[2], v[3]) for k, v in rows.items()]
+
+    def __repr__(self) -> str:
+        rows = self._summary_rows()
+        total = sum(r[4] for r in rows)
+        lines = [f"AVActivationCache: {len(self.cache_dict)} activations in {len(rows)} kinds, {total:.1f} MB"
+                 + ("" if self.has_batch_dim else " (batch dim removed)")]
+        width = max((len(r[0]) for r in rows), default=0)
+        for name, n, shape, dtype, mb in rows:
+            lines.append(f"  {name:<{width}}  x{n:<3} {str(list(shape)):<22} {dtype:<8} {mb:8.2f} MB")
+        lines.append("Index by name (cache['blocks.0.hook_resid_post']); decompose_resid / accumulated_resid / "
+                     "logit_attrs as in TransformerLens.")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A compact table: one row per kind of activation (layers collapsed), with shape, dtype
+        and memory; no tensor values (a cache can hold gigabytes)."""
+        import html as _html
+
+        rows = self._summary_rows()
+        total = sum(r[4] for r in rows)
+        body = "".join(
+            f"<tr><td style='font-family:monospace'>{_html.escape(name)}</td><td>{n}</td>"
+            f"<td style='font-family:monospace'>{_html.escape(str(list(shape)))}</td><td>{_html.escape(dtype)}</td>"
+            f"<td style='text-align:right'>{mb:.2f}</td></tr>"
+            for name, n, shape, dtype, mb in rows
+        )
+        return (f"<div><b>AVActivationCache</b>: {len(self.cache_dict)} activations in {len(rows)} kinds, "
+                f"{total:.1f} MB<table style='border-collapse:collapse;font-size:12px'>"
+                "<tr><th style='text-align:left'>hook</th><th>layers</th><th>shape</th><th>dtype</th><th>MB</th></tr>"
+                f"{body}</table></div>")
+
     def __init__(self, cache_dict, model, has_batch_dim: bool = True, fired: Optional[set] = None):
         super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
         if fired is None:

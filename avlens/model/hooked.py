@@ -255,7 +255,11 @@ class HookedAVTransformer(HookedRootModule):
         """
         out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs)
         if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+            # an ActivationCache (TransformerLens's tools all work on it) with avlens's reprs and
+            # between-block terms (DeepStack) in decompose_resid
+            from avlens.model.cache import wrap_cache
+
+            return out, wrap_cache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
 
     # ------------------------------------------------------------------------- weights (TL surface)
