@@ -858,6 +858,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "(default: BENCH_DIR/captions.json if present, else captions are not run)")
     p_hal.add_argument("--max-items", type=_positive, default=None, help="only the first N questions (a quick look)")
     p_hal.add_argument("--fps", type=float, default=2.0, help="video frames per second read from --bench-dir (default 2)")
+    p_hal.add_argument("--model", default=None, dest="model_path",
+                       help="a supported AVLLM (local folder or hub id) instead of the toy model; needs --bench-dir")
+    p_hal.add_argument("--prompt-template", default=None,
+                       help="with --model: the prompt, one {question} field and the media placeholder "
+                            "(default: the Qwen-Omni chat format with <|vision_bos|><|VIDEO|><|vision_eos|>)")
+    p_hal.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="with --model")
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "train-toy":
@@ -877,27 +883,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.fps > 0:
             p_hal.error(f"--fps must be positive, got {args.fps}")
         hallucination(args.out, args.n_clips, args.seed, args.methods, args.parser, args.bench_dir, args.questions,
-                      args.captions, args.max_items, args.fps)
+                      args.captions, args.max_items, args.fps, args.model_path, args.prompt_template, args.dtype)
     return 0
 
 
 def hallucination(out: str, n_clips: int, seed: int, methods: Optional[str], parser: str, bench_dir: Optional[str] = None,
                   questions: Optional[str] = None, captions: Optional[str] = None, max_items: Optional[int] = None,
-                  fps: float = 2.0) -> None:
+                  fps: float = 2.0, model_path: Optional[str] = None, prompt_template: Optional[str] = None,
+                  dtype: str = "float32") -> None:
     """Run the methods on the toy hallucination benchmark (written to OUT/bench) or, with
     `bench_dir`, on a real AVHBench-format folder (`avlens.data.halluc_bench.evaluate_folder`:
-    skipped samples and audio fallbacks are recorded); print and save the table."""
+    skipped samples and audio fallbacks are recorded); print and save the table. With
+    `model_path` (a local folder or hub id of a supported AVLLM) that model is loaded with
+    `HookedAVTransformer.from_pretrained` and prompted with `prompt_template` (one `{question}`
+    field; default the Qwen-Omni chat format, `omni_prompt`), with the published defaults of every
+    method; without it, the shipped toy model."""
     from avlens.data.halluc_bench import (FileMedia, evaluate_folder, read_avhbench_folder, read_caption_set,
                                          write_toy_benchmark)
     from avlens.mitigation import compare_methods, default_methods
+    from avlens.mitigation.compare import omni_prompt, template_prompt, toy_prompt
     from avlens.toy import load_toy
 
-    all_methods = default_methods(toy=True)
+    if model_path is None and prompt_template is not None:
+        raise SystemExit("--prompt-template needs --model (the toy model has its own prompt format)")
+    if model_path is not None and bench_dir is None:
+        raise SystemExit("--model needs --bench-dir: the toy benchmark is written in the toy model's vocabulary")
+    try:
+        prompt = toy_prompt if model_path is None else (template_prompt(prompt_template) if prompt_template else omni_prompt)
+    except ValueError as e:
+        raise SystemExit(f"--prompt-template: {e}") from None
+    all_methods = default_methods(toy=model_path is None)
     names = list(all_methods) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in names if m not in all_methods]
     if bad:
         raise SystemExit(f"unknown methods {bad}; choose from {list(all_methods)}")
-    model = load_toy()
+    if model_path is None:
+        model = load_toy()
+    else:
+        from avlens import HookedAVTransformer
+
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise SystemExit(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        model = HookedAVTransformer.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        if getattr(model, "tokenizer", None) is None:
+            raise SystemExit(f"{model_path} has no tokenizer files; the methods decode text, so the folder needs them")
     chosen = {m: all_methods[m] for m in names}
     if bench_dir is None:
         bench = str(Path(out) / "bench")
@@ -912,7 +941,7 @@ def hallucination(out: str, n_clips: int, seed: int, methods: Optional[str], par
         except (OSError, ValueError) as e:
             raise SystemExit(f"avlens hallucination --bench-dir {bench_dir}: {e}") from e
         res = evaluate_folder(model, bench_dir, chosen, questions=questions, captions=captions, out=out, media=media,
-                              parser=parser, fps=fps, max_items=max_items, progress=True)
+                              parser=parser, fps=fps, max_items=max_items, progress=True, prompt=prompt)
         fallbacks = [v for v in media.log.values() if v.get("note")]
         print(f"{len(media.log)} videos read from {bench_dir}: {len(res.skipped)} skipped, {len(fallbacks)} with the "
               f"audio taken from the video's own track (media.json, skipped.json in {out})")

@@ -183,3 +183,41 @@ def test_bad_folders_and_arguments_say_what_is_wrong(bench, tmp_path):
         read_avhbench_folder(str(empty))
     with pytest.raises(SystemExit, match="caption set 'gone.json' not found"):
         main(["hallucination", "--bench-dir", str(root), "--out", str(tmp_path / "o"), "--captions", "gone.json"])
+
+
+def test_model_option_loads_a_checkpoint_folder_and_prompts_it_with_the_template(bench, tmp_path):
+    """`--model` loads an AVLLM with `HookedAVTransformer.from_pretrained` (here the shipped toy's
+    checkpoint folder, as a user's local folder) and prompts it with `--prompt-template`: written in
+    the toy's own format it reproduces the default (toy) run exactly; the default template is the
+    Qwen-Omni chat format."""
+    import warnings
+
+    from avlens.cli import main
+    from avlens.mitigation.compare import omni_prompt, template_prompt
+    from avlens.toy import TOY_DIR
+
+    root, _ = bench
+    toy_format = "<|im_start|> user <|vision_bos|><|VIDEO|><|vision_eos|> {question} <|im_end|> <|im_start|> assistant"
+    runs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the audio fallback of 00002 (tested above)
+        for name, extra in (("toy", []), ("model", ["--model", str(TOY_DIR), "--prompt-template", toy_format]),
+                            ("omni", ["--model", str(TOY_DIR)])):
+            out = tmp_path / name
+            assert main(["hallucination", "--bench-dir", str(root), "--out", str(out), "--methods", "plain",
+                         "--max-items", "6"] + extra) == 0
+            runs[name] = [json.loads(line)["pred"] for line in (out / "predictions_plain.jsonl").read_text().splitlines()]
+    assert runs["model"] == runs["toy"] and len(runs["toy"]) == 6
+    assert len(runs["omni"]) == 6
+    q = "Is there a dog?"
+    assert template_prompt(toy_format)(q) == toy_format.replace("{question}", q)
+    text = omni_prompt(q)
+    assert text.startswith("<|im_start|>system\nYou are Qwen") and text.endswith("<|im_start|>assistant\n")
+    assert "<|vision_bos|><|VIDEO|><|vision_eos|>Is there a dog?<|im_end|>" in text
+    for bad, match in (("no field", "exactly one"), ("{question} {other}", "braces")):
+        with pytest.raises(ValueError, match=match):
+            template_prompt(bad)
+    with pytest.raises(SystemExit, match="--model needs --bench-dir"):
+        main(["hallucination", "--out", str(tmp_path / "x"), "--model", str(TOY_DIR)])
+    with pytest.raises(SystemExit, match="--prompt-template needs --model"):
+        main(["hallucination", "--bench-dir", str(root), "--out", str(tmp_path / "y"), "--prompt-template", toy_format])

@@ -29,7 +29,11 @@ from avlens.analysis.hallucination import (AVH_YES_NO_TASKS, ObjectVocabulary, b
                                            score_avhbench, score_captions)
 from avlens.mitigation.decoding import AVPrompt, Method, NothingToSteer, NotApplicable, Plain, decode
 
-__all__ = ["compare_methods", "Comparison", "toy_prompt"]
+__all__ = ["compare_methods", "Comparison", "toy_prompt", "omni_prompt", "template_prompt", "QWEN_OMNI_SYSTEM"]
+
+# Qwen2.5-Omni's default system prompt (its model card and processor chat template)
+QWEN_OMNI_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+                    "auditory and visual inputs, as well as generating text and speech.")
 
 
 def toy_prompt(question: str) -> str:
@@ -37,6 +41,28 @@ def toy_prompt(question: str) -> str:
     from avlens.data import tasks
 
     return tasks.prompt_text(tasks.Example("presence", question, "", None))
+
+
+def omni_prompt(question: str, system: Optional[str] = QWEN_OMNI_SYSTEM) -> str:
+    """A Qwen-Omni chat prompt (Qwen2.5-Omni, Qwen3-Omni): the system turn, then a user turn with the
+    video placeholder (its audio track goes in with `use_audio_in_video`) before the question, ending
+    where the assistant's answer starts, as the processor's chat template writes it."""
+    sys_turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return (f"{sys_turn}<|im_start|>user\n<|vision_bos|><|VIDEO|><|vision_eos|>{question}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
+def template_prompt(template: str) -> Callable[[str], str]:
+    """A prompt function from a template with one `{question}` field (and the family's media
+    placeholder written in it), e.g. for a model whose chat format `omni_prompt` does not fit."""
+    if template.count("{question}") != 1:
+        raise ValueError("the prompt template needs exactly one {question} field, e.g. "
+                         "'<|im_start|>user\\n<|vision_bos|><|VIDEO|><|vision_eos|>{question}<|im_end|>\\n<|im_start|>assistant\\n'")
+    try:
+        template.format(question="?")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"the prompt template has braces other than {{question}} ({e}); double them ({{{{ }}}}) to keep them") from None
+    return lambda question: template.format(question=question)
 
 
 @dataclass
