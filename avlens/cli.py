@@ -433,8 +433,8 @@ def _attention_section(report, run: DemoRun, sample: int = 0) -> None:
     report.add_view(attention_drilldown_from_pattern(
         window, labels, groups, head_names=[f"L{layer}H{h}" for h in range(window.shape[0])], positions=pos.tolist(),
         title=f"Layer {layer}, every head, {len(pos)} positions (circuitsvis AttentionHeads): click a head, hover a token"))
-    report.add_plotly(attention_heatmap(window.mean(0), labels, groups,
-                                        f"layer {layer}, mean over heads; bands: token group of key (top) and query (right)"))
+    report.add_view(attention_heatmap(window.mean(0), labels, groups,
+                                      f"layer {layer}, mean over heads; bands: token group of key (top) and query (right)"))
 
 
 def _flow_section(report, run: DemoRun) -> None:
@@ -510,9 +510,9 @@ def _patching_section(report, run: DemoRun) -> None:
         f"zeroing lowers p(truth) most). The metric is p({ex.answer}), the correct letter: {base:.3f} in the "
         f"{run.patch_zeroed}-zeroed run, {src:.3f} in the clean run. {s.n_cells} cells, {s.n_skipped} that cannot "
         f"change anything skipped, {s.n_forwards} forward passes, {s.seconds:.1f} s "
-        "(avlens.patching.activation_patch; result.plot() draws this heatmap, with a labelled band per run of "
+        "(avlens.patching.activation_patch; result.plot() draws this heatmap, an avlens view, with a labelled band per run of "
         "same-group positions).", "note")
-    report.add_plotly(res.plot())
+    report.add_view(res.plot())
     media = res.values.plain()[:, torch.tensor([g in ("audio", "video") for g in res.position_groups])]
     layer = int((media - base).abs().amax(1).argmax()) if media.numel() else 0
     effect = res.values.plain()[layer].float() - base
@@ -558,7 +558,7 @@ def _hub_section(report, run: DemoRun) -> None:
         f"attention above eps = {rep.eps:g} from the queries after it, in some head; uniform attention here would be "
         f"1/{run.batch.shape[1]}). find_sink_dims on these clips: {_dims_sentence(rep.sink_dims)} Sinks at any layer: "
         + (", ".join(f"{p} ({labels[p]})" for p in fb["attention"]) or "none") + ".")
-    report.add_plotly(rep.plot(0, definition="attention"))
+    report.add_view(rep.plot(0, definition="attention"))
     report.add_view(rep.plot(0, definition="attention", kind="strip",
                              title="Sink score of every token (largest over layers): report.plot(kind='strip')"))
 
@@ -697,7 +697,7 @@ def hub_study_report(st, samples=None, clips=None):
                     "(mean and 95 % bootstrap CI over samples; METHODS.md section 5).", "note")
     report.add_table(list(table.columns), [[f"{v:.3f}" if isinstance(v, float) else v for v in row] for row in table.itertuples(index=False)])
     if len(table):
-        report.add_plotly(st.plot())
+        report.add_view(st.plot())
     samples = list(samples or [])
     index = {str(s.id): i for i, s in enumerate(samples)}
     kept = next((r for r in st.kept if str(r["id"]) in index), None)

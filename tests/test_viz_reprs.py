@@ -29,7 +29,7 @@ from avlens.interventions.results import LabelledTensor, PatchResult
 from avlens.layout import GROUP_COLORS, GROUP_LETTERS, PARTITION_GROUPS, BatchLayout
 from avlens.mitigation.compare import Comparison
 from avlens.model.summary import AttentionGroupSummary
-from avlens.viz import GroupFlowView, TokenStripView, attention_heatmap
+from avlens.viz import BarView, GroupFlowView, HeatmapView, TokenStripView, attention_heatmap
 from avlens.viz.views import decode_array
 
 EVIL = "</script><script>window.__pwned=1</script><img src=x onerror=alert(1)>"
@@ -136,12 +136,12 @@ def toy_result(n_layers=3, dims=("layer", "position"), positions=None, seed=0):
                        source=torch.tensor([0.9, 0.9]), metric="answer_prob", position_groups=lay.labels(0), layout=lay), lay
 
 
-# ------------------------------------------------------------------------------------ bands
+# ------------------------------------------------------------------------------------ bands (plotly backend)
 
 
 def test_patch_heatmap_has_one_labelled_band_per_group_run():
     res, lay = toy_result()
-    fig = res.plot()
+    fig = res.plot(backend="plotly")
     assert bands(fig) == expected_bands(lay.labels(0))
     # labels: the group letter and run length on every run at least 3 % of the axis
     notes = {(a.text, a.x) for a in fig.layout.annotations if (a.name or "").startswith("group band ")}
@@ -152,7 +152,7 @@ def test_patch_heatmap_has_one_labelled_band_per_group_run():
 
 def test_position_axis_is_horizontal_whatever_the_axis_order():
     res, lay = toy_result(dims=("position", "layer"))
-    fig = res.plot()
+    fig = res.plot(backend="plotly")
     heat = fig.data[0]
     assert np.asarray(heat.z).shape == (3, lay.n_pos)  # rows: layers, columns: positions
     torch.testing.assert_close(torch.tensor(np.asarray(heat.z), dtype=torch.float32), res.values.plain().T)
@@ -161,7 +161,7 @@ def test_position_axis_is_horizontal_whatever_the_axis_order():
 
 def test_every_panel_of_a_faceted_result_gets_its_bands_above_its_own_plot():
     res, lay = toy_result(dims=("layer", "head", "position"))  # facets: heads
-    fig = res.plot()
+    fig = res.plot(backend="plotly")
     assert len(fig.data) - 4 == 4  # four heatmap panels (+ four legend entries)
     for f in range(4):
         ref = "x" if f == 0 else f"x{f + 1}"
@@ -174,7 +174,7 @@ def test_every_panel_of_a_faceted_result_gets_its_bands_above_its_own_plot():
 
 def test_bands_follow_a_subset_of_positions():
     res, lay = toy_result(positions=range(100, 156))
-    fig = res.plot()
+    fig = res.plot(backend="plotly")
     labels = [lay.labels(0)[p] for p in range(100, 156)]
     assert bands(fig) == expected_bands(labels)
     assert bands(fig)[0][0] == "audio"
@@ -184,11 +184,11 @@ def test_one_axis_results_bars_with_bands_over_positions_and_none_over_groups():
     lay = make_layout([TOY_RUNS])
     res = PatchResult(values=torch.rand(lay.n_pos), dims=("position",), coords={"position": list(range(lay.n_pos))},
                       position_groups=lay.labels(0))
-    fig = res.plot()
+    fig = res.plot(backend="plotly")
     assert fig.data[0].type == "bar" and bands(fig) == expected_bands(lay.labels(0))
     assert list(fig.data[0].marker.color) == [GROUP_COLORS[g] for g in lay.labels(0)]
     by_group = PatchResult(values=torch.rand(3), dims=("group",), coords={"group": ["audio", "video", "text"]})
-    fig = by_group.plot()
+    fig = by_group.plot(backend="plotly")
     assert bands(fig) == [] and list(fig.data[0].marker.color) == [GROUP_COLORS[g] for g in ("audio", "video", "text")]
 
 
@@ -199,10 +199,10 @@ def test_sink_map_and_attention_heatmap_bands():
     rep = SinkReport(dims=[], tau=25.0, eps=0.3, hidden_scores=torch.zeros(2, L, n), attention_scores=torch.rand(2, L, H, n, generator=g),
                      layout=lay, valid=~lay.masks["pad"])
     for s in (0, 1):
-        fig = rep.plot(s, definition="attention")
+        fig = rep.plot(s, definition="attention", backend="plotly")
         assert bands(fig) == expected_bands(lay.labels(s))
     labels = lay.labels(0)[100:140]
-    fig = attention_heatmap(torch.rand(40, 40), [str(i) for i in range(40)], labels)
+    fig = attention_heatmap(torch.rand(40, 40), [str(i) for i in range(40)], labels, backend="plotly")
     top = [(s.name[11:], s.x0, s.x1) for s in fig.layout.shapes if s.yref == "paper"]
     right = [(s.name[11:], s.y0, s.y1) for s in fig.layout.shapes if s.xref == "paper"]
     assert top == right == [(gr, a - 0.5, b - 0.5) for gr, a, b in brute_runs(labels)]
@@ -210,9 +210,147 @@ def test_sink_map_and_attention_heatmap_bands():
 
 def test_modality_dominance_plot_bands_over_its_sinks():
     mds = ModalityDominance(torch.rand(4, 5) * 2 - 1, [13, 20, 4, 90, 5], ["audio", "audio", "video", "audio", "video"])
-    fig = mds.plot()
+    fig = mds.plot(backend="plotly")
     assert bands(fig) == expected_bands(["audio", "audio", "video", "audio", "video"])
     assert fig.layout.coloraxis.cmid == 0
+
+
+# ------------------------------------------------------------------------------------ bands and data of the default views
+
+
+def view_bands(view, axis="cols"):
+    """A view's band runs as (group, start, end), decoded from its payload."""
+    B = view.payload["bands"]
+    return [(B["names"][k], a, b) for k, a, b in (B[axis] or [])]
+
+
+def f16_close(got, want):
+    """float16 payloads: within half a float16 step of the reference (relative 2^-11, plus subnormals)."""
+    want = np.asarray(want, dtype=np.float64)
+    np.testing.assert_allclose(got, want, rtol=2 ** -11, atol=2 ** -24)
+
+
+def test_default_plot_is_a_heatmap_view_with_brute_force_bands_and_values():
+    res, lay = toy_result()
+    view = res.plot()
+    assert isinstance(view, HeatmapView) and view.kind == "heatmap"
+    assert view_bands(view) == brute_runs(lay.labels(0))  # one band per run of same-group positions
+    B = view.payload["bands"]
+    assert [B["colors"][B["names"].index(g)] for g, _, _ in view_bands(view)] == [GROUP_COLORS[g] for g, _, _ in brute_runs(lay.labels(0))]
+    assert B["letters"][B["names"].index("audio")] == "A" and ("audio", 12, 62) in view_bands(view)  # labelled A50
+    f16_close(decode_array(view.payload["values"])[0], res.values.plain().numpy())
+    assert view.payload["scale"]["cmap"] == "rdbu"  # a baseline: diverging around it
+    sc = view.payload["scale"]
+    assert abs((sc["vmin"] + sc["vmax"]) / 2 - 0.5) < 1e-9  # centred on the unpatched metric
+    assert view.payload["cols"] is None and view.payload["col_start"] == 0  # 0..n-1 is not sent
+
+
+def test_default_plot_bands_follow_a_subset_and_the_position_axis_goes_across():
+    res, lay = toy_result(positions=range(100, 156))
+    view = res.plot()
+    assert view_bands(view) == brute_runs([lay.labels(0)[p] for p in range(100, 156)])
+    assert view.payload["col_start"] == 100 and view.payload["col_title"] == "position"
+    res, lay = toy_result(dims=("position", "layer"))
+    view = res.plot()
+    assert view.payload["shape"] == [1, 3, lay.n_pos] and view_bands(view) == brute_runs(lay.labels(0))
+    f16_close(decode_array(view.payload["values"])[0], res.values.plain().numpy().T)
+
+
+def test_faceted_result_is_one_panel_per_head():
+    res, lay = toy_result(dims=("layer", "head", "position"))
+    view = res.plot()
+    assert view.payload["shape"] == [4, 3, lay.n_pos] and view.payload["facets"] == ["0", "1", "2", "3"]
+    assert view.payload["facet_title"] == "head"
+    want = res.values.plain().numpy()  # [layer, head, position]
+    f16_close(decode_array(view.payload["values"]), want.transpose(1, 0, 2))
+
+
+def test_large_heatmap_payload_is_small_and_decodes():
+    """A 28-layer x 2,048-position result: float16 data, under 300 kB (plotly's figure was 2.5 MB)."""
+    runs = [("text", 2), ("special", 2)] + [("video", 8), ("audio", 50)] * 34 + [("special", 2), ("text", 70)]
+    lay = make_layout([runs])
+    assert lay.n_pos == 2048
+    vals = torch.rand(28, 2048, generator=torch.Generator().manual_seed(4))
+    res = PatchResult(values=vals, dims=("layer", "position"), coords={"layer": list(range(28)), "position": list(range(2048))},
+                      base=torch.tensor([0.5]), metric="answer_prob", position_groups=lay.labels(0))
+    view = res.plot()
+    assert view.payload_bytes < 300_000, view.payload_bytes
+    assert len(view.html().encode()) < 300_000  # the static PNG preview included
+    f16_close(decode_array(view.payload["values"])[0], vals.numpy())
+    assert view_bands(view) == brute_runs(lay.labels(0)) and len(view_bands(view)) == 72
+    assert len(res.plot(backend="plotly").to_json()) > 2_000_000  # what the view replaces
+
+
+def test_one_axis_results_are_bar_views_with_group_colours():
+    lay = make_layout([TOY_RUNS])
+    vals = torch.rand(lay.n_pos)
+    res = PatchResult(values=vals, dims=("position",), coords={"position": list(range(lay.n_pos))}, position_groups=lay.labels(0))
+    view = res.plot()
+    assert isinstance(view, BarView) and view_bands(view) == brute_runs(lay.labels(0))
+    assert view.payload["colors"] == [GROUP_COLORS[g] for g in lay.labels(0)]
+    f16_close(decode_array(view.payload["values"])[0], vals.numpy())
+    by_group = PatchResult(values=torch.tensor([0.25, -0.5, 1.0]), dims=("group",), coords={"group": ["audio", "video", "text"]})
+    view = by_group.plot()
+    assert view.payload["bands"]["cols"] is None and view.payload["labels"] == ["audio", "video", "text"]
+    assert view.payload["colors"] == [GROUP_COLORS[g] for g in ("audio", "video", "text")]
+    assert decode_array(view.payload["values"]).tolist() == [[0.25, -0.5, 1.0]]
+
+
+def test_sink_map_view_marks_the_sink_cells_and_has_bands():
+    lay = make_layout([TOY_RUNS, TOY_RUNS[:-1] + [("pad", 2)]])
+    L, H, n = 4, 2, lay.n_pos
+    g = torch.Generator().manual_seed(1)
+    att = torch.rand(2, L, H, n, generator=g)
+    rep = SinkReport(dims=[], tau=25.0, eps=0.9, hidden_scores=torch.zeros(2, L, n), attention_scores=att, layout=lay,
+                     valid=~lay.masks["pad"])
+    for s in (0, 1):
+        view = rep.plot(s, definition="attention")
+        assert isinstance(view, HeatmapView) and view_bands(view) == brute_runs(lay.labels(s))
+        z = att[s].amax(1).numpy()
+        f16_close(decode_array(view.payload["values"])[0], z)
+        marked = set(decode_array(view.payload["marked"]).tolist())
+        mask = rep._mask("attention")[s]
+        want = {l * n + p for l in range(L) for p in range(n) if bool(mask[l, p])}
+        assert marked == want and len(want) > 0
+
+
+def test_attention_heatmap_view_bands_on_both_axes_and_modality_dominance_view():
+    labels = make_layout([TOY_RUNS]).labels(0)[100:140]
+    pat = torch.rand(40, 40)
+    view = attention_heatmap(pat, [str(i) for i in range(40)], labels)
+    assert isinstance(view, HeatmapView)
+    assert view_bands(view, "cols") == view_bands(view, "rows") == brute_runs(labels)
+    f16_close(decode_array(view.payload["values"])[0], pat.numpy())
+    assert view.payload["scale"]["vmin"] == 0.0 and view.payload["cols"] == view.payload["rows"] == [str(i) for i in range(40)]
+    sinks = ["audio", "audio", "video", "audio", "video"]
+    data = torch.rand(4, 5) * 2 - 1
+    mview = ModalityDominance(data, [13, 20, 4, 90, 5], sinks).plot()
+    assert view_bands(mview) == brute_runs(sinks) and mview.payload["cols"] == ["13", "20", "4", "90", "5"]
+    assert mview.payload["scale"]["cmap"] == "rdbu" and mview.payload["scale"]["vmin"] == -mview.payload["scale"]["vmax"]
+    f16_close(decode_array(mview.payload["values"])[0], data.numpy())
+
+
+def test_hub_study_plot_is_a_bar_view_with_its_intervals():
+    recs = [{"id": i, "skipped": None, "dominant": "audio", "set_sizes": {"all": 16, "sink": 4},
+             "ie_clean": {"all": c, "sink": c / 10}, "ie_corrupt": {"all": c / 5, "sink": c / 50}}
+            for i, c in enumerate([10.0, 20.0, 30.0])]
+    st = HubStudy(recs, {"N": 2})
+    view = st.plot()
+    t = st.table()
+    assert isinstance(view, BarView) and view.payload["facets"] == ["audio-dominant: IE_clean x 100", "audio-dominant: IE_corrupt x 100"]
+    sets = view.payload["labels"]
+    for f, key in enumerate(("ie_clean", "ie_corrupt")):
+        for j, s_ in enumerate(sets):
+            row = t[t["token_set"] == s_].iloc[0]
+            for arr, col in (("values", key), ("lo", key + "_lo"), ("hi", key + "_hi")):
+                assert abs(decode_array(view.payload[arr])[f, j] - row[col]) <= 2e-2 * max(1.0, abs(row[col])), (arr, col)
+    assert len(st.plot(backend="plotly").data) == 2
+
+
+def test_plot_backends_are_checked():
+    res, _ = toy_result()
+    with pytest.raises(ValueError, match="backend must be 'view'"):
+        res.plot(backend="matplotlib")
 
 
 # ------------------------------------------------------------------------------------ strips

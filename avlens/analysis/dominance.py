@@ -71,9 +71,11 @@ class ModalityDominance(LabelledTensor):
         body += table(["sink", "group", "mean MDS"], [[p, g, f"{m:+.3f}"] for p, g, m in self._per_sink()], num_cols=[0, 2])
         return card("ModalityDominance", f"layers={self.shape[0]}, sinks={self.shape[1]}", body)
 
-    def plot(self, title: Optional[str] = None, kind: str = "heatmap"):
+    def plot(self, title: Optional[str] = None, kind: str = "heatmap", backend: str = "view"):
         """kind="heatmap": MDS per layer (rows) and sink (columns, in the order given), diverging
-        around 0, a labelled band over the sinks in their token groups' colours.
+        around 0 (+1 video-attended red, -1 audio-attended blue), a labelled band over the sinks
+        in their token groups' colours: an `avlens.viz.heatmap_view`, or a plotly figure with
+        `backend="plotly"`.
         kind="strip": the layer-mean MDS at each sink's position on the sample's
         `avlens.viz.token_strip` (other positions blank; needs `sample_layout`). Returns a `View`."""
         title = title or "modality dominance score per layer and sink (+1 video-attended, -1 audio-attended)"
@@ -87,10 +89,17 @@ class ModalityDominance(LabelledTensor):
             return token_strip(self.sample_layout, full, sample=0, title=title + ", mean over layers")
         if kind != "heatmap":
             raise ValueError(f"kind must be 'heatmap' or 'strip'; got {kind!r}")
-        from avlens.viz.grid import grid_heatmap
+        if backend not in ("view", "plotly"):
+            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
+        if backend == "plotly":
+            from avlens.viz.grid import grid_heatmap
 
-        return grid_heatmap(self.plain(), self.coords["layer"], self.coords["sink"], "layer", "sink position",
-                            col_groups=self.sink_groups, title=title, value_title="MDS", center=0.0)
+            return grid_heatmap(self.plain(), self.coords["layer"], self.coords["sink"], "layer", "sink position",
+                                col_groups=self.sink_groups, title=title, value_title="MDS", center=0.0)
+        from avlens.viz.views import heatmap_view
+
+        return heatmap_view(self.plain().float().cpu(), self.coords["layer"], self.coords["sink"], groups=self.sink_groups,
+                            row_title="layer", col_title="sink position", value_label="MDS", title=title, center=0.0)
 
 
 @torch.no_grad()

@@ -281,12 +281,15 @@ class SinkReport:
             return self.attention_scores[sample].amax(1), self.eps
         raise ValueError(f"definition must be 'hidden' or 'attention', got {definition!r}")
 
-    def plot(self, sample: int = 0, definition: str = "hidden", title: Optional[str] = None, kind: str = "map"):
+    def plot(self, sample: int = 0, definition: str = "hidden", title: Optional[str] = None, kind: str = "map",
+             backend: str = "view"):
         """kind="map": a layer x position heatmap of the sink scores (hidden: max |x_hat| over the
         dims; attention: max over heads of the mean attention from later queries) with the sink
-        cells marked and a labelled band per run of same-group positions above it.
+        cells marked (dots) and a labelled band per run of same-group positions above it: an
+        `avlens.viz.heatmap_view` (offline, float16 data), or a plotly figure with
+        `backend="plotly"`.
         kind="strip": each position's largest score over layers as an `avlens.viz.token_strip`
-        of the sample's layout (returns a `View`)."""
+        of the sample's layout (returns a `View` whatever `backend`)."""
         self._check_sample(sample)
         z, thr = self._scores(sample, definition)
         what = (f"max |x_hat| over dims {self.dims}" if definition == "hidden" else "max over heads of the mean attention from later queries")
@@ -298,10 +301,18 @@ class SinkReport:
             return token_strip(self.layout, per_pos, sample=sample, title=title + ", max over layers")
         if kind != "map":
             raise ValueError(f"kind must be 'map' or 'strip'; got {kind!r}")
-        from avlens.viz.groups import score_map_figure
+        if backend not in ("view", "plotly"):
+            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
+        marked = self._mask(definition)[sample]
+        if backend == "plotly":
+            from avlens.viz.groups import score_map_figure
 
-        return score_map_figure(z, self.layout.labels(sample), marked=self._mask(definition)[sample], title=title,
-                                colorbar_title=definition)
+            return score_map_figure(z, self.layout.labels(sample), marked=marked, title=title, colorbar_title=definition)
+        from avlens.viz.views import heatmap_view
+
+        return heatmap_view(z.float().cpu(), groups=self.layout.labels(sample), row_title="layer", col_title="position",
+                            value_label=f"{definition} sink score", title=title, marked=marked.cpu(),
+                            mark_label=f"sink (> {thr:g})", cmap="viridis")
 
     def _default_definition(self) -> str:
         return "hidden" if self.dims and bool(self._hidden_mask().any()) else "attention"

@@ -125,13 +125,35 @@ class HubStudy:
             out[r["skipped"]] = out.get(r["skipped"], 0) + 1
         return out
 
-    def plot(self):
-        """Bar charts of IE_clean and IE_corrupt per token set (95 % CI), one row per dominant modality."""
+    def plot(self, backend: str = "view"):
+        """IE_clean and IE_corrupt x 100 per token set with their 95 % CIs, one panel per dominant
+        modality and effect: an `avlens.viz.bar_view` (offline, small), or a plotly figure of bar
+        charts with `backend="plotly"`."""
+        if backend not in ("view", "plotly"):
+            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
+        t = self.table()
+        doms = [d for d in ("audio", "video") if (t["dominant"] == d).any()]
+        title = "token-set causal tracing (the paper's Table 1 protocol)"
+        if backend == "view":
+            from avlens.viz.views import bar_view
+
+            if not doms:
+                raise ValueError("no kept samples: nothing to plot (see study.skip_reasons())")
+            sets = list(dict.fromkeys(t["token_set"]))
+            vals, lo, hi, facets = [], [], [], []
+            for d in doms:
+                sub = t[t["dominant"] == d].set_index("token_set")
+                for key, name in (("ie_clean", "IE_clean x 100"), ("ie_corrupt", "IE_corrupt x 100")):
+                    facets.append(f"{d}-dominant: {name}")
+                    vals.append([float(sub[key].get(s_, float("nan"))) for s_ in sets])
+                    lo.append([float(sub[key + "_lo"].get(s_, float("nan"))) for s_ in sets])
+                    hi.append([float(sub[key + "_hi"].get(s_, float("nan"))) for s_ in sets])
+            return bar_view(np.array(vals), sets, lo=np.array(lo), hi=np.array(hi), facet_labels=facets,
+                            axis_title="token set", value_label="IE x 100", title=title,
+                            note="Mean over samples; whiskers: 95 % bootstrap CI. Hover a bar for its numbers.")
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        t = self.table()
-        doms = [d for d in ("audio", "video") if (t["dominant"] == d).any()]
         fig = make_subplots(rows=max(1, len(doms)), cols=2, subplot_titles=[f"{d}-dominant: {k}" for d in doms for k in ("IE_clean x 100", "IE_corrupt x 100")])
         for i, d in enumerate(doms):
             sub = t[t["dominant"] == d]
@@ -139,7 +161,7 @@ class HubStudy:
                 fig.add_trace(go.Bar(x=sub["token_set"], y=sub[key], showlegend=False,
                                      error_y=dict(type="data", symmetric=False, array=sub[key + "_hi"] - sub[key],
                                                   arrayminus=sub[key] - sub[key + "_lo"])), row=i + 1, col=j + 1)
-        fig.update_layout(title="token-set causal tracing (the paper's Table 1 protocol)", height=320 * max(1, len(doms)) + 60, width=1000)
+        fig.update_layout(title=title, height=320 * max(1, len(doms)) + 60, width=1000)
         return fig
 
     def _headline(self) -> str:

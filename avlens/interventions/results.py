@@ -6,7 +6,8 @@
     result.per_sample      # [n_layers, n_positions, batch]
     result.to_frame()      # pandas, one row per cell
     result.top(5)          # the five largest cells
-    result.plot()          # plotly heatmap with token-group bands along the position axis
+    result.plot()          # an avlens heatmap view with token-group bands along the position axis
+    result.plot(backend="plotly")   # the same as a plotly figure
 """
 
 from __future__ import annotations
@@ -251,16 +252,22 @@ class PatchResult:
             return df.assign(effect=df["value"] - ref).reindex((df["value"] - ref).abs().sort_values(ascending=False).index).head(k)
         raise ValueError(f"by must be 'value', 'abs' or 'min'; got {by!r}")
 
-    def plot(self, title: Optional[str] = None, kind: str = "auto", layout=None, sample: int = 0, **labels):
-        """A plotly figure of the values, or a token strip.
+    def plot(self, title: Optional[str] = None, kind: str = "auto", layout=None, sample: int = 0, backend: str = "view",
+             **labels):
+        """The values as an avlens view (offline in Jupyter, VS Code, Colab and static HTML, float16
+        data), or a plotly figure with `backend="plotly"`.
 
         kind="auto" (or "heatmap"): a heatmap for two axes (three: one panel per index of the
-            third), bars for one. A `position` axis is always drawn along x, with a labelled band
-            per run of same-group positions above the plot (`GROUP_COLORS`).
+            third), bars for one (`avlens.viz.heatmap_view` / `bar_view`). A `position` axis is
+            always drawn along x, with a labelled band per run of same-group positions above the
+            plot (`GROUP_COLORS`); with an unpatched baseline the colours diverge around it
+            (high = red).
         kind="strip": the values over positions as an `avlens.viz.token_strip` (media tokens as
             time-stamped cells) of one sample's layout: `layout` (else the result's own, else
             one rebuilt from `position_groups`). Pick one index of every other axis by its
-            label (`result.plot(kind="strip", layer=3)`). Returns a `View`."""
+            label (`result.plot(kind="strip", layer=3)`). Returns a `View` whatever `backend`.
+        backend: "view" (default, a `View`) or "plotly" (a plotly `Figure`: heatmap with
+            group-band shapes, or bars; needs plotly.js from the page or the notebook)."""
         if kind == "strip":
             return self._strip(title, layout, sample, labels)
         if labels:
@@ -268,25 +275,44 @@ class PatchResult:
                             "result.values.sel(...) and plot that, or drop them")
         if kind not in ("auto", "heatmap"):
             raise ValueError(f"kind must be 'auto', 'heatmap' or 'strip'; got {kind!r}")
-        from avlens.viz.grid import bar_chart, grid_heatmap
-
+        if backend not in ("view", "plotly"):
+            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
         title = title if title is not None else self._title()
         label = self.metric
         groups_of = self._groups_of
+        center = None if self.base is None else float(self._mean(self.base))
         if self.values.ndim == 1:
             d = self.dims[0]
             groups = groups_of(self.coords[d]) if d == "position" else (self.coords[d] if d == "group" else None)
-            return bar_chart(self.values.plain(), self.coords[d], d, title, label, groups=groups,
-                             bands=d == "position" and groups is not None)
+            bands = d == "position" and groups is not None
+            if backend == "plotly":
+                from avlens.viz.grid import bar_chart
+
+                return bar_chart(self.values.plain(), self.coords[d], d, title, label, groups=groups, bands=bands)
+            from avlens.viz.views import bar_view
+
+            return bar_view(self.values.plain(), self.coords[d], groups=groups, bands=bands, axis_title=d,
+                            value_label=label, title=title)
         if self.values.ndim not in (2, 3):
             raise ValueError(f"plot draws one to three axes; this result has {self.dims}")
         values, dims = _position_axis_last(self.values.plain(), self.dims)
         rows, cols = dims[0], dims[1]
         col_groups = groups_of(self.coords[cols]) if cols == "position" else None
         facet = dims[2] if values.ndim == 3 else ""
-        return grid_heatmap(values, self.coords[rows], self.coords[cols], rows, cols, col_groups=col_groups,
-                            facet_labels=self.coords.get(facet), facet_title=facet, title=title, value_title=label,
-                            center=None if self.base is None else float(self._mean(self.base)))
+        if backend == "plotly":
+            from avlens.viz.grid import grid_heatmap
+
+            return grid_heatmap(values, self.coords[rows], self.coords[cols], rows, cols, col_groups=col_groups,
+                                facet_labels=self.coords.get(facet), facet_title=facet, title=title, value_title=label,
+                                center=center)
+        from avlens.viz.views import heatmap_view
+
+        z = values.float()
+        if z.ndim == 3:  # [rows, cols, facet] -> [facet, rows, cols]
+            z = z.permute(2, 0, 1)
+        return heatmap_view(z, self.coords[rows], self.coords[cols], groups=col_groups,
+                            facet_labels=self.coords.get(facet) if facet else None, facet_title=facet,
+                            row_title=rows, col_title=cols, value_label=label, title=title, center=center)
 
     def _groups_of(self, positions) -> Optional[list[str]]:
         """The token group of each position label (None without `position_groups`)."""

@@ -13,6 +13,12 @@ with `_repr_html_` (a notebook shows it), `.save(path)` and `Report.add_view(vie
     token_strip(batch.layout, values)                           # O(n) strip coloured by a value
     spectrogram_view(batch, values, waveform=clip.waveform)     # audio tokens on the spectrogram
     frame_strip_view(batch, values, frames=clip.frames)         # video tokens on each frame's grid
+    heatmap_view(values, rows, cols, groups=layout.labels(0))   # any grid, group bands on positions
+    bar_view(values, labels, groups=groups)                     # one-axis results
+
+Results' `.plot()` (patching, tracing, knockout, sink maps, modality dominance, the hub study) and
+`attention_heatmap` return these views; `.plot(backend="plotly")` gives the plotly figure. A view
+shows a static PNG / text preview where its script cannot run (an untrusted notebook, GitHub).
 
 `avlens demo` builds its report with these; later tools add their own sections the same way.
 """
@@ -30,12 +36,16 @@ from avlens.viz.report import Report, Section, json_for_script, script_safe, tab
 from avlens.viz.media_views import FrameStripView, SpectrogramView, frame_strip_view, spectrogram_view
 from avlens.viz.views import (
     AttentionDrilldownView,
+    BarView,
     GroupFlowView,
+    HeatmapView,
     TokenStripView,
     View,
     attention_drilldown,
     attention_drilldown_from_pattern,
+    bar_view,
     group_flow_view,
+    heatmap_view,
     token_strip,
 )
 
@@ -48,6 +58,10 @@ __all__ = [
     "attention_drilldown",
     "attention_drilldown_from_pattern",
     "token_strip",
+    "HeatmapView",
+    "BarView",
+    "heatmap_view",
+    "bar_view",
     "SpectrogramView",
     "FrameStripView",
     "spectrogram_view",

@@ -1,11 +1,12 @@
 """Views coloured by token group (`avlens.layout.GROUP_COLORS`): the layout strip, group-prefixed
-token labels, a window of positions for attention views, and plotly heatmaps with group bands.
+token labels, a window of positions for attention views, and attention / score heatmaps with group
+bands (avlens views by default, plotly figures with `backend="plotly"`).
 
     html = layout_strip_html(batch.layout, row_labels=["dog / clear", ...])
     pos = attention_window(batch.layout, sample=0)         # last media chunk and the question
     labels = group_token_labels(batch.layout, 0, pos, model.to_str_tokens(batch, 0))
-    fig = attention_heatmap(cache["blocks.2.attn.hook_pattern"][0].mean(0)[pos][:, pos], labels,
-                            [batch.layout.labels(0)[p] for p in pos])
+    view = attention_heatmap(cache["blocks.2.attn.hook_pattern"][0].mean(0)[pos][:, pos], labels,
+                             [batch.layout.labels(0)[p] for p in pos])    # an avlens View
 """
 
 from __future__ import annotations
@@ -136,9 +137,20 @@ def attention_window(layout: BatchLayout, sample: int = 0, max_len: int = 64) ->
     return pos
 
 
-def attention_heatmap(pattern: Tensor, labels: Sequence[str], groups: Sequence[str], title: str = ""):
-    """A plotly heatmap of a `[query, key]` attention pattern over labelled positions, with bands in
-    each position's group colour along the top (keys) and the right (queries)."""
+def attention_heatmap(pattern: Tensor, labels: Sequence[str], groups: Sequence[str], title: str = "",
+                      backend: str = "view"):
+    """A `[query, key]` attention pattern over labelled positions, with bands in each position's
+    group colour along the top (keys) and the right (queries): an `avlens.viz.heatmap_view`
+    (offline, float16 data, white to blue from 0), or with `backend="plotly"` a plotly figure."""
+    if backend not in ("view", "plotly"):
+        raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
+    if backend == "view":
+        from avlens.viz.views import heatmap_view
+
+        z = pattern.detach().float().cpu() if isinstance(pattern, Tensor) else pattern
+        return heatmap_view(z, list(labels), list(labels), groups=groups, row_groups=groups, row_title="query",
+                            col_title="key", value_label="attention", title=title or "Attention pattern",
+                            vmin=0.0, cmap="blues")
     import plotly.graph_objects as go
 
     z = pattern.detach().float().cpu().numpy() if isinstance(pattern, Tensor) else pattern

@@ -36,7 +36,7 @@ import numpy as np
 from torch import Tensor
 
 from avlens.layout import BatchLayout
-from avlens.viz.views import View, _as_numpy, _per_position, encode_array, value_scale
+from avlens.viz.views import View, _as_numpy, _check_positive_int, _per_position, encode_array, value_scale
 
 __all__ = [
     "SpectrogramView",
@@ -251,6 +251,8 @@ def spectrogram_view(
         raise ValueError(f"features must be one item's log-mel [n_mels, frames]; got shape {tuple(feats.shape)}")
     if not (isinstance(max_columns, int) and max_columns > 0):
         raise ValueError(f"max_columns must be a positive integer; got {max_columns!r}")
+    if display_width is not None:
+        _check_positive_int(display_width, "display_width", "the spectrogram's width on the page in pixels")
     n_mels, n_frames = feats.shape
     k = max(1, math.ceil(n_frames / max_columns))
     width = math.ceil(n_frames / k)
@@ -283,8 +285,18 @@ def spectrogram_view(
         desc.append(f"audio: {len(_as_numpy(waveform, 'waveform')) / sampling_rate:.2f} s at {sampling_rate} Hz, playable")
     payload["note"] = (f"Audio tokens at positions {pos[0]}..{pos[-1]}, one per {token_seconds * 1000:.0f} ms. "
                        "Hover for time, mel bin, token and value" + ("; press play to follow the playhead." if waveform is not None else "."))
+    static = (f"<img src='{payload['image']}' alt='log-mel spectrogram' style='display:block;width:{payload['display_width']}px;"
+              f"height:{payload['display_height']}px'>" + _text_fallback(desc))
     return SpectrogramView(title or f"Audio of sample {sample}" + (f": {value_label} per audio token" if values is not None else ""),
-                           payload, description=desc)
+                           payload, description=desc, fallback=static)
+
+
+def _text_fallback(lines: Sequence[str]) -> str:
+    """The description lines as escaped preformatted text (part of a static preview)."""
+    import html
+
+    return ("<pre style='margin:4px 0;font:11px ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap'>"
+            + html.escape("\n".join(lines)) + "</pre>")
 
 
 # ================================================================================== frame strip
@@ -409,8 +421,13 @@ def frame_strip_view(
         values: one number per position (`[pos]`, `[batch, pos]`) or per video token of the item;
             None outlines the grid.
         sample / video_index: which sample, and which of its video items.
-        frames: the raw frames `[T, H, W, 3]` (uint8) of the item; step t shows frame
-            `t * temporal_patch_size` (the first of the frames it merges). The grid covers the
+        frames: the frames `[T, H, W, 3]` (uint8) of the item exactly as the processor sampled
+            them, i.e. at the `fps` given to `prepare_media` (frame i at i / fps seconds), not the
+            clip's native frame rate: step t shows frame `t * temporal_patch_size` (the first of
+            the frames it merges), which is only the right frame when the frames are the
+            sampled ones (`clip.frames` of the synthetic clips is already at `synth.FPS`; resample
+            a real video to the processor's fps first, or leave `frames` out to rebuild them
+            from the batch). The grid covers the
             processor's resized frame, which keeps the aspect ratio up to rounding to 28 pixels, so
             it is stretched over the original frame. Without `frames`, the frames are rebuilt
             from the batch's patches (`frames_from_pixel_values`: un-normalised, at the resized
@@ -418,8 +435,17 @@ def frame_strip_view(
         grid: `(gt, gh, gw)` in patches (default: the batch's `video_grid_thw` for this item).
         patch_size / temporal_patch_size / merge_size: the vision tower's (Qwen2.5-Omni: 14, 2, 2).
         frame_width: display width of each frame in pixels; `max_frame_side` shrinks big frames
-            before they are embedded (the page stays small).
+            before they are embedded (the page stays small). Both positive integers.
+        alpha: the heat's opacity in [0, 1] (a slider changes it on the page).
     """
+    for name, x, what in (("frame_width", frame_width, "display width of a frame in pixels"),
+                          ("max_frame_side", max_frame_side, "the longest side a frame is embedded at, in pixels"),
+                          ("patch_size", patch_size, "the vision tower's patch side"),
+                          ("temporal_patch_size", temporal_patch_size, "frames merged into one temporal grid step"),
+                          ("merge_size", merge_size, "patches merged into one token per side")):
+        _check_positive_int(x, name, what)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha is the heat's opacity and must be a number in [0, 1]; got {alpha!r}")
     layout, raw = _layout_and_raw(batch)
     pos, item = media_item_positions(layout, "video", sample, video_index)
     sample %= layout.batch_size
@@ -475,5 +501,10 @@ def frame_strip_view(
             desc.append(f"{value_label}: max {v[t, r, c]:.4g} at t = {times[t]:.2f} s, row {r}, col {c} (position {pos_grid[t, r, c]})")
     payload["note"] = (f"Each frame: one temporal grid step ({temporal_patch_size} frames merged; the first shown), "
                        f"{h} x {w} video tokens (each {merge_size}x{merge_size} patches of {patch_size} px). Frames: {source}.")
+    static = ""
+    if images:
+        static = "<div style='display:flex;flex-wrap:wrap;gap:8px;margin:4px 0'>" + "".join(
+            f"<div><img src='{u}' alt='frame at {t:.2f} s' style='display:block;width:{fw}px;height:{fh}px'>"
+            f"<div style='color:#4b5563;font-size:11px'>t = {t:.2f} s</div></div>" for u, t in zip(images, times)) + "</div>"
     return FrameStripView(title or f"Video of sample {sample}" + (f": {value_label} per video token" if values is not None else ""),
-                          payload, description=desc)
+                          payload, description=desc, fallback=static + _text_fallback(desc))

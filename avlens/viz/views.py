@@ -31,6 +31,7 @@ text too; its own Python `render` does not escape `</script>`, which is why avle
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import uuid
 from pathlib import Path
@@ -52,6 +53,11 @@ __all__ = [
     "attention_drilldown",
     "attention_drilldown_from_pattern",
     "token_strip",
+    "HeatmapView",
+    "BarView",
+    "heatmap_view",
+    "bar_view",
+    "band_runs",
     "encode_array",
     "decode_array",
 ]
@@ -148,10 +154,9 @@ VIEW_CSS = (
     "margin:0 2px 3px 4px;vertical-align:top}"
 )
 
-#: helpers every view's script uses, defined once per page (`window.__avlensViz`): base64 arrays,
-#: colour maps, a tooltip, a colour bar, group chips
-HELPERS_JS = r"""
-window.__avlensViz=window.__avlensViz||(function(){
+#: the helpers' code (an expression whose value is the helper object): base64 arrays, colour maps,
+#: a tooltip, a colour bar, group chips
+_HELPERS_BODY = r"""(function(){
 function bytes(b){var s=atob(b),n=s.length,u=new Uint8Array(n);for(var i=0;i<n;i++)u[i]=s.charCodeAt(i);return u;}
 function h2f(h){var s=(h&32768)?-1:1,e=(h>>10)&31,f=h&1023;if(e===0)return s*f*5.960464477539063e-8;
 if(e===31)return f?NaN:s*Infinity;return s*Math.pow(2,e-15)*(1+f/1024);}
@@ -178,8 +183,14 @@ for(var x=0;x<160;x++){g.fillStyle=css(rgb(s.vmin+(x+0.5)/160*(s.vmax-s.vmin),s)
 el('span',w,'av-note',fmt(s.vmax));return w;}
 function chips(parent,names,colors,letters){var w=el('div',parent);for(var i=0;i<names.length;i++){
 var c=el('span',w,'av-chip',(letters&&letters[i]?letters[i]+' ':'')+names[i]);c.style.background=colors[i];}return w;}
-return{decode:decode,rgb:rgb,css:css,ink:ink,fmt:fmt,el:el,tip:tip,colorbar:colorbar,chips:chips};})();
-"""
+return{decode:decode,rgb:rgb,css:css,ink:ink,fmt:fmt,el:el,tip:tip,colorbar:colorbar,chips:chips};})()"""
+
+#: the page-global name of the helpers: versioned by a hash of their code, so a page (a notebook
+#: whose cells ran under different avlens versions) never hands a view helpers of another version
+VIZ_GLOBAL = "__avlensViz_" + hashlib.sha256(_HELPERS_BODY.encode("utf-8")).hexdigest()[:12]
+
+#: helpers every view's script uses, defined once per page as `window[VIZ_GLOBAL]`
+HELPERS_JS = f"\nwindow.{VIZ_GLOBAL}=window.{VIZ_GLOBAL}||{_HELPERS_BODY};\n"
 
 
 def _script(js: str) -> str:
@@ -204,7 +215,8 @@ class View:
     #: the script that draws the view from `P` (the payload), `root` (its element), `V` (helpers)
     render_js = ""
 
-    def __init__(self, title: str, payload: dict, requires: Sequence[str] = (), description: Sequence[str] = ()):
+    def __init__(self, title: str, payload: dict, requires: Sequence[str] = (), description: Sequence[str] = (),
+                 fallback: Optional[str] = None):
         unknown = set(requires) - {"circuitsvis", "plotly"}
         if unknown:
             raise ValueError(f"unknown bundles {sorted(unknown)}; a view may require 'circuitsvis' (or 'plotly')")
@@ -212,6 +224,20 @@ class View:
         self.payload = payload
         self.requires = frozenset(requires)
         self.description = list(description)  # extra lines for the terminal repr
+        #: trusted static HTML shown where the script cannot run (an untrusted notebook, GitHub's
+        #: notebook preview): a PNG or a text summary; None shows the description as text
+        self.fallback = fallback
+
+    def fallback_html(self) -> str:
+        """What the view shows before (or without) its script: a note, then the static fallback
+        (a PNG of the data for the heatmap-like views, the description as text otherwise). The
+        script replaces it with the interactive drawing."""
+        static = self.fallback if self.fallback is not None else (
+            "<pre style='margin:4px 0;font:11px ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap'>"
+            + html.escape("\n".join(self.description)) + "</pre>" if self.description else "")
+        note = ("Static preview: this view is drawn by JavaScript, which did not run here (in Jupyter: trust the "
+                "notebook or re-run the cell for the interactive view).")
+        return f"<div class='av-fallback'><div class='av-note' style='color:#4b5563;font-size:11px'>{note}</div>{static}</div>"
 
     # ------------------------------------------------------------------------------ output
     def payload_json(self) -> str:
@@ -228,18 +254,16 @@ class View:
         """An HTML fragment for a page that already holds the bundles in `.requires` (element
         ids are fresh on every call, so a page may show the same view twice)."""
         uid = "avl" + uuid.uuid4().hex[:12]
-        fallback = ("This view is drawn by JavaScript; it did not run (in Jupyter: trust the notebook "
-                    "or re-run the cell).")
         # the element is found from the script itself first: a notebook may run the script while
-        # its output is not yet attached to the document
-        body = (f"(function(){{var V=window.__avlensViz,P={self.payload_json()},root=document.getElementById('{uid}'),"
+        # its output is not yet attached to the document; clearing it removes the static fallback
+        body = (f"(function(){{var V=window.{VIZ_GLOBAL},P={self.payload_json()},root=document.getElementById('{uid}'),"
                 f"me=document.currentScript,box=me&&me.previousElementSibling;"
                 f"if(box&&box.querySelector)root=box.querySelector('#{uid}')||root;if(!root)return;"
                 f"root.textContent='';{self.render_js}}})();")
         return (
             f"<div class='avlens-view avlens-{self.kind}'><style>{VIEW_CSS}</style>"
             f"<div class='av-title'>{html.escape(self.title)}</div>"
-            f"<div id='{uid}' style='position:relative'><span class='av-note'>{fallback}</span></div></div>"
+            f"<div id='{uid}' style='position:relative'>{self.fallback_html()}</div></div>"
             + _script(HELPERS_JS + body)
         )
 
@@ -346,8 +370,9 @@ def group_flow_view(
     label the matrices' rows and columns; hovering shows the numbers and draws that head's
     matrix large with its values.
 
-    The data are L x H x G x G float16 values, whatever the sequence length (a 28-layer, 28-head
-    model with 5 groups: 39 kB).
+    The data are L x H x G x G float16 values, whatever the sequence length (measured for a
+    28-layer, 28-head model with 6 groups, sink included, on a 2,048-token sample: payload
+    MEASURED_PAYLOAD, the whole fragment with its static PNG preview MEASURED_HTML).
 
     Args:
         summary: `model.attention_group_summary(batch)` (an `AttentionGroupSummary`, mass
@@ -357,14 +382,17 @@ def group_flow_view(
             q positions does not pull the mean towards 0).
         groups: group names of a tensor `summary` (taken from the summary object otherwise).
         vmax: top of the colour scale (mass is a fraction of each query's attention: 1 by default).
-        cell: pixels per matrix entry (default: chosen so the grid is at most ~1,100 px wide).
+        cell: pixels per matrix entry, a positive integer (default: chosen so the grid is at most
+            ~1,100 px wide).
     """
+    if cell is not None:
+        _check_positive_int(cell, "cell", "pixels per matrix entry")
+    if not vmax > 0:
+        raise ValueError(f"vmax must be positive (the top of the mass colour scale); got {vmax}")
     mass, counts, names = _flow_values(summary, sample, groups)
     L, H, G, _ = mass.shape
     if cell is None:
         cell = int(max(2, min(10, (1100 - 60) // max(1, (H + 1) * (G + 1)))))
-    if not vmax > 0:
-        raise ValueError(f"vmax must be positive (the top of the mass colour scale); got {vmax}")
     scale = {"vmin": 0.0, "vmax": float(vmax), "cmap": "viridis"}
     what = "batch mean (weighted by query positions)" if sample is None else f"sample {sample}"
     note = (f"{L} layers x {H} heads, {what}. Each small matrix: rows = query group, columns = key group "
@@ -378,7 +406,45 @@ def group_flow_view(
     desc = [f"{L} layers x {H} heads x {G} groups ({what}); mean mass, query group -> key group:",
             "          " + "".join(f"{g[:8]:>9}" for g in names)]
     desc += [f"{g[:8]:>9} " + "".join(f"{float(m[i, j]):9.3f}" for j in range(G)) for i, g in enumerate(names)]
-    return GroupFlowView(title or "Attention flow between token groups", payload, description=desc)
+    return GroupFlowView(title or "Attention flow between token groups", payload, description=desc,
+                         fallback=_flow_fallback(mass, names, float(vmax), what))
+
+
+def _flow_grid(mass: np.ndarray) -> np.ndarray:
+    """`[L, H, G, G]` -> `[L + 1, H + 1, G, G]` with the view's "all L" row (mean over layers)
+    first and its "mean" column (mean over heads) first, as the canvas draws them."""
+    L, H, G, _ = mass.shape
+    out = np.empty((L + 1, H + 1, G, G))
+    out[1:, 1:] = mass
+    out[1:, 0] = mass.mean(1)
+    out[0, 1:] = mass.mean(0)
+    out[0, 0] = mass.mean((0, 1))
+    return out
+
+
+def _flow_fallback(mass: np.ndarray, names: list[str], vmax: float, what: str) -> str:
+    """The group flow as one palette PNG (each head's G x G matrix a block of G x G pixels, a
+    one-pixel gap between blocks, scaled up crisply by the browser), its colour bar and how to
+    read it: the static preview of a `GroupFlowView` (a few kB)."""
+    from avlens.viz.reprs import colorbar, esc, levels, palette, png_data_uri
+
+    grid = _flow_grid(mass)
+    R, C, G, _ = grid.shape
+    b = G + 1
+    img = np.full((R * b - 1, C * b - 1), np.nan)
+    for r in range(R):
+        for c in range(C):
+            img[r * b:r * b + G, c * b:c * b + G] = grid[r, c]
+    idx = levels(img / vmax)
+    pal = palette("viridis", "#ffffff")
+    scale = max(2, min(8, 1000 // img.shape[1]))
+    groups = ", ".join(f"{GROUP_LETTERS.get(g) or g[:2].capitalize()} {g}" for g in names)
+    return (f"<img src='{png_data_uri(idx, pal)}' alt='group flow: {esc(what)}' "
+            f"style='display:block;width:{img.shape[1] * scale}px;height:{img.shape[0] * scale}px;"
+            "image-rendering:pixelated;image-rendering:crisp-edges;margin:4px 0'>"
+            f"{colorbar(0.0, vmax)}<div style='color:#4b5563;font-size:11px'>Rows of blocks: all layers (mean), then "
+            f"layer 0..{R - 2}; columns: mean over heads, then head 0..{C - 2}. Each block: query group (row) -> key "
+            f"group (column), in the order {esc(groups)}.</div>")
 
 
 def _flow_values(summary, sample, groups) -> tuple[np.ndarray, list[int], list[str]]:
@@ -437,6 +503,25 @@ class AttentionDrilldownView(View):
     render_js = _DRILL_JS
 
 
+def _check_positive_int(x, name: str, what: str) -> int:
+    """`x` as an int when it is a positive integer (not a bool, not a float); a ValueError naming
+    `name` otherwise."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or int(x) <= 0:
+        raise ValueError(f"{name} must be a positive integer ({what}); got {x!r}")
+    return int(x)
+
+
+def _int_position(p, what: str) -> int:
+    """One position: an integer (Python, numpy or a 0-d integer tensor); floats and bools are
+    refused rather than silently truncated."""
+    if isinstance(p, Tensor) and p.ndim == 0 and not p.dtype.is_floating_point and p.dtype != torch.bool:
+        return int(p)
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+        raise ValueError(f"{what} positions must be integers; got {p!r} ({type(p).__name__}). "
+                        "Pass whole positions, e.g. (0, 10) or range(0, 10)")
+    return int(p)
+
+
 def _positions(window, n: int, what: str = "window") -> list[int]:
     """A window given as range/slice/(start, end)/sequence/tensor -> sorted unique positions in [0, n)."""
     if isinstance(window, slice):
@@ -453,13 +538,16 @@ def _positions(window, n: int, what: str = "window") -> list[int]:
                 window = window.nonzero().flatten()
             window = window.tolist()
         if isinstance(window, np.ndarray):
+            if window.dtype == np.bool_:
+                window = window.nonzero()[0]
             window = window.tolist()
-        if isinstance(window, (int, np.integer)):
+        if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
             window = [window]
         try:
-            pos = [int(p) for p in window]
-        except (TypeError, ValueError) as e:
+            items = list(window)
+        except TypeError as e:
             raise TypeError(f"{what} must be a range, slice, (start, end) or a sequence of positions; got {window!r}") from e
+        pos = [_int_position(p, what) for p in items]
         for p in pos:
             if not -n <= p < n:
                 raise ValueError(f"{what} position {p} is outside the sequence (length {n})")
@@ -585,6 +673,7 @@ def attention_drilldown(
             question, thinned to at most `max_len` positions.
         sample: which sample of the batch.
     """
+    max_len = _check_positive_int(max_len, "max_len", "the most positions the default window shows")
     n_layers = model.cfg.n_layers
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < n_layers:
         raise ValueError(f"layer {layer!r} does not exist: the model has layers 0..{n_layers - 1}")
@@ -791,3 +880,338 @@ def token_strip(
     payload["note"] = note
     return TokenStripView(title or f"Tokens of sample {sample}" + (f", coloured by {value_label}" if values is not None else ""),
                           payload, description=desc)
+
+
+# ================================================================================== heatmap and bars
+
+#: draws the run bands of a position axis on a canvas (shared by the heatmap and the bar view):
+#: `runs` are `[group index, start, end)`, `B` the payload's band groups
+_BANDS_JS = r"""
+function drawBands(g,B,runs,vert,x0,y0,len,n,depth){g.font='9px ui-monospace,Menlo,monospace';g.textBaseline='middle';
+runs.forEach(function(u){var gi=u[0],a=u[1],b=u[2],p=x0,q=y0,lab=B.letters[gi]+(b-a),w=(b-a)*len/n;
+g.fillStyle=B.colors[gi];if(vert){q=y0+a*len/n;g.fillRect(x0,q,depth,w);}else{p=x0+a*len/n;g.fillRect(p,y0,w,depth);}
+if((b-a)/n>=0.03&&g.measureText(lab).width+4<=w){g.fillStyle=B.names[gi]==='pad'?'#374151':'#fff';g.save();
+if(vert){g.translate(x0+depth/2,q+w/2);g.rotate(-Math.PI/2);}else g.translate(p+w/2,y0+depth/2);
+g.textAlign='center';g.fillText(lab,0,0);g.restore();}});}
+function groupAt(B,runs,i){for(var j=0;j<runs.length;j++)if(i>=runs[j][1]&&i<runs[j][2])return B.names[runs[j][0]];return null;}
+function axisLabels(g,n,len,x0,y0,label,rotate){g.font='10px ui-monospace,Menlo,monospace';g.fillStyle='#374151';g.textBaseline='middle';
+var w=len/n;if(rotate){for(var c=0;c<n;c++){g.save();g.translate(x0+(c+0.5)*w,y0+3);g.rotate(-Math.PI/2);g.textAlign='right';
+g.fillText(label(c),0,0);g.restore();}return;}
+var k=Math.max(1,Math.ceil(n/Math.max(2,Math.floor(len/70))));g.textAlign='center';
+for(var c2=0;c2<n;c2+=k){g.fillRect(x0+(c2+0.5)*w,y0,1,3);g.fillText(label(c2),Math.min(Math.max(x0+(c2+0.5)*w,x0+12),x0+len-12),y0+9);}}
+function labelDepth(g,n,len,label){g.font='10px ui-monospace,Menlo,monospace';if(n>80||len/n<9)return 18;var m=0;
+for(var c=0;c<n;c++)m=Math.max(m,g.measureText(label(c)).width);return Math.min(110,m+8);}
+"""
+
+_HEATMAP_JS = _BANDS_JS + r"""
+var F=P.shape[0],R=P.shape[1],C=P.shape[2],v=V.decode(P.values),s=P.scale,tp=V.tip(root),B=P.bands;
+function cl(c){return P.cols?P.cols[c]:String(P.col_start+c);}
+function rl(r){return P.rows?P.rows[r]:String(P.row_start+r);}
+var mk={};if(P.marked){var mi=V.decode(P.marked);for(var i=0;i<mi.length;i++)mk[mi[i]]=1;}
+if(B.names.length)V.chips(root,B.names,B.colors,B.letters);
+var bar=V.colorbar(root,s,P.value_label);
+if(P.marked){var mc=V.el('span',bar,'av-chip','\u25cf '+P.mark_label);mc.style.background='#111827';}
+var ctx0=document.createElement('canvas').getContext('2d');ctx0.font='10px ui-monospace,Menlo,monospace';
+var maxW=F>1?430:940,pw=C>=maxW?maxW:C*Math.max(1,Math.min(28,Math.floor(maxW/C))),cw=pw/C,
+rh=Math.max(2,Math.min(24,Math.floor((F>1?220:420)/R))),ph=R*rh,showR=rh>=9&&R<=80,lw=8;
+var kR=showR?1:Math.max(1,Math.ceil(R/Math.max(1,Math.floor(ph/14))));
+for(var r0=0;r0<R;r0+=kR)lw=Math.max(lw,ctx0.measureText(rl(r0)).width+10);lw=Math.min(lw,170);
+var bh=B.cols?14:0,rb=B.rows?14:0,top=bh+6,bot=labelDepth(ctx0,C,pw,cl)+16;
+var wrap=V.el('div',root);wrap.style.cssText='display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start';
+for(var f=0;f<F;f++){(function(f){
+var box=V.el('div',wrap);if(P.facets)V.el('div',box,'av-note',(P.facet_title?P.facet_title+' ':'')+P.facets[f]);
+var off=document.createElement('canvas');off.width=C;off.height=R;var og=off.getContext('2d'),im=og.createImageData(C,R);
+for(var i=0;i<R*C;i++){var col=V.rgb(v[f*R*C+i],s)||[229,231,235];im.data[4*i]=col[0];im.data[4*i+1]=col[1];im.data[4*i+2]=col[2];im.data[4*i+3]=255;}
+og.putImageData(im,0,0);
+var cv=V.el('canvas',box);cv.width=lw+pw+rb+4;cv.height=top+ph+bot;var g=cv.getContext('2d');
+g.imageSmoothingEnabled=C>pw||R>ph;g.drawImage(off,lw,top,pw,ph);
+g.font='10px ui-monospace,Menlo,monospace';g.fillStyle='#374151';g.textBaseline='middle';g.textAlign='right';
+for(var r=0;r<R;r+=kR)g.fillText(rl(r),lw-4,top+(r+0.5)*rh);
+axisLabels(g,C,pw,lw,top+ph,cl,C<=80&&cw>=9);
+g.fillStyle='#374151';g.textAlign='center';g.fillText(P.col_title,lw+pw/2,top+ph+bot-6);g.textAlign='left';g.fillText(P.row_title,0,top+ph+bot-6);
+if(B.cols)drawBands(g,B,B.cols,false,lw,2,pw,C,bh);if(B.rows)drawBands(g,B,B.rows,true,lw+pw+3,top,ph,R,rb);
+if(P.marked){g.lineWidth=1;for(var key in mk){var j=+key;if(Math.floor(j/(R*C))!==f)continue;var rc=j%(R*C),mr=Math.floor(rc/C),mcol=rc%C;
+g.beginPath();g.arc(lw+(mcol+0.5)*cw,top+(mr+0.5)*rh,Math.max(1.5,Math.min(cw,rh)/3),0,2*Math.PI);g.fillStyle='#fff';g.fill();g.strokeStyle='#111827';g.stroke();}}
+cv.addEventListener('mousemove',function(ev){var b=cv.getBoundingClientRect(),x=(ev.clientX-b.left)*cv.width/b.width-lw,
+y=(ev.clientY-b.top)*cv.height/b.height-top,c=Math.floor(x/cw),r=Math.floor(y/rh);if(x<0||y<0||c>=C||r>=R){tp.hide();return;}
+var i=(f*R+r)*C+c,gr=B.rows?groupAt(B,B.rows,r):null,gc=B.cols?groupAt(B,B.cols,c):null,lines=[];
+if(P.facets)lines.push((P.facet_title?P.facet_title+' ':'')+P.facets[f]);
+lines.push(P.row_title+' '+rl(r)+(gr?' ('+gr+')':''));lines.push(P.col_title+' '+cl(c)+(gc?' ('+gc+')':''));
+lines.push(P.value_label+' '+V.fmt(v[i])+(mk[i]?' \u00b7 '+P.mark_label:''));tp.show(ev,lines.join('\n'));});
+cv.addEventListener('mouseleave',function(){tp.hide();});})(f);}
+V.el('div',root,'av-note',P.note);
+"""
+
+
+class HeatmapView(View):
+    """A `[rows, cols]` (or faceted `[facet, rows, cols]`) grid of values on a canvas, with group
+    bands along position axes; see `heatmap_view`."""
+
+    kind = "heatmap"
+    render_js = _HEATMAP_JS
+
+
+def band_runs(groups: Sequence[str], names: list[str]) -> list[list[int]]:
+    """Maximal runs of equal groups as `[index of the group in names, start, end]` (end
+    exclusive): the bands a view draws along a position axis (labelled `A50`: letter, length)."""
+    runs: list[list[int]] = []
+    code = {g: i for i, g in enumerate(names)}
+    for p, g in enumerate(groups):
+        k = code[str(g)]
+        if runs and runs[-1][0] == k:
+            runs[-1][2] = p + 1
+        else:
+            runs.append([k, p, p + 1])
+    return runs
+
+
+def _bands_payload(cols: Optional[Sequence[str]], rows: Optional[Sequence[str]] = None) -> dict:
+    """`{"names", "colors", "letters", "cols", "rows"}`: the band groups (in the order
+    `PARTITION_GROUPS`, then others by first appearance) and each axis's runs (None: no bands)."""
+    seen = [str(g) for g in (list(cols or []) + list(rows or []))]
+    names = [g for g in PARTITION_GROUPS if g in seen] + [g for g in dict.fromkeys(seen) if g not in PARTITION_GROUPS]
+    return {"names": names, "colors": _group_colors(names), "letters": _group_letters(names),
+            "cols": band_runs(cols, names) if cols is not None else None,
+            "rows": band_runs(rows, names) if rows is not None else None}
+
+
+def _axis_labels(labels, n: int, what: str) -> tuple[Optional[list[str]], int]:
+    """Labels as strings, or `(None, start)` when they are the integers start..start+n-1 (then
+    the page writes them itself: a 2,048-position axis costs nothing)."""
+    if labels is None:
+        return None, 0
+    labels = list(labels.tolist() if hasattr(labels, "tolist") else labels)
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} {what} labels for {n} {what}s; give one label per {what}")
+    ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in labels)
+    if ints and n and all(int(labels[i]) == int(labels[0]) + i for i in range(n)):
+        return None, int(labels[0])
+    return [str(x) for x in labels], 0
+
+
+def _check_groups(groups, n: int, what: str) -> Optional[list[str]]:
+    if groups is None:
+        return None
+    groups = [str(g) for g in groups]
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} {what}: give one token group per {what} (e.g. layout.labels(0))")
+    return groups
+
+
+def heatmap_view(
+    values,
+    row_labels: Optional[Sequence] = None,
+    col_labels: Optional[Sequence] = None,
+    *,
+    groups: Optional[Sequence[str]] = None,
+    row_groups: Optional[Sequence[str]] = None,
+    facet_labels: Optional[Sequence] = None,
+    facet_title: str = "",
+    row_title: str = "row",
+    col_title: str = "column",
+    value_label: str = "value",
+    title: Optional[str] = None,
+    center: Optional[float] = None,
+    vmin: Optional[float] = None,
+    vmax: Optional[float] = None,
+    cmap: Optional[str] = None,
+    marked=None,
+    mark_label: str = "marked",
+    note: Optional[str] = None,
+) -> HeatmapView:
+    """A heatmap on a canvas, the default `.plot()` of patching / tracing results, sink maps, the
+    modality dominance score and attention patterns: offline, the same in Jupyter, VS Code, Colab
+    and a static HTML page, with a hover readout (row, column, group, value), a colour bar and
+    group bands.
+
+    The values travel as float16 (2 bytes a cell, base64: a 28 x 2,048 grid is ~150 kB, where a
+    plotly figure with a hover string per cell was 2.5 MB); integer axis labels that count up by
+    one are not sent at all. Before the script runs (an untrusted notebook, GitHub's preview) the
+    view shows a palette PNG of the same grid (`avlens.viz.reprs.heatmap`, first 4 facets).
+
+    Args:
+        values: `[rows, cols]`, or `[facet, rows, cols]` for one panel per facet.
+        row_labels / col_labels: one label per row / column (default 0..n-1).
+        groups: the token group of each column (a position axis: `layout.labels(0)`, or the
+            groups of the positions shown); draws a labelled band per run of equal groups above
+            the grid (`A50`: group letter and run length, on runs at least 3 % of the axis).
+        row_groups: the same for the rows (drawn to the right: an attention pattern's queries).
+        facet_labels / facet_title: the panels' names.
+        row_title / col_title / value_label: what the axes and the values are.
+        center: diverging colour map centred here (high = red, low = blue); values of both
+            signs get it around 0 automatically, one-signed values viridis. `vmin` / `vmax` /
+            `cmap` override (see `value_scale`).
+        marked: bool, the shape of `values`: cells drawn with a dot (e.g. sink cells).
+    """
+    z = _as_numpy(values, "values")
+    if z.ndim == 2:
+        z = z[None]
+        if facet_labels is not None:
+            raise ValueError("facet_labels are for [facet, rows, cols] values; these are [rows, cols]")
+    if z.ndim != 3 or 0 in z.shape:
+        raise ValueError(f"values must be [rows, cols] or [facet, rows, cols] with no empty axis; got shape {tuple(z.shape)}")
+    F, R, C = z.shape
+    rows, row_start = _axis_labels(row_labels, R, "row")
+    cols, col_start = _axis_labels(col_labels, C, "column")
+    facets = None
+    if facet_labels is not None:
+        facets = [str(x) for x in (facet_labels.tolist() if hasattr(facet_labels, "tolist") else facet_labels)]
+        if len(facets) != F:
+            raise ValueError(f"{len(facets)} facet labels for {F} facets")
+    cgroups, rgroups = _check_groups(groups, C, "columns"), _check_groups(row_groups, R, "rows")
+    scale = value_scale(z, vmin, vmax, center, cmap)
+    payload: dict[str, Any] = {
+        "shape": [F, R, C], "values": encode_array(z),
+        "rows": rows, "row_start": row_start, "cols": cols, "col_start": col_start,
+        "facets": facets, "facet_title": str(facet_title), "row_title": str(row_title), "col_title": str(col_title),
+        "value_label": str(value_label), "scale": scale, "bands": _bands_payload(cgroups, rgroups),
+        "marked": None, "mark_label": str(mark_label),
+    }
+    m = None
+    if marked is not None:
+        m = np.asarray(marked.detach().cpu().numpy() if isinstance(marked, Tensor) else marked, dtype=bool)
+        if m.size != z.size:
+            raise ValueError(f"marked must have the values' shape {tuple(np.shape(values))}; got {tuple(m.shape)}")
+        m = m.reshape(z.shape)
+        payload["marked"] = encode_array(np.flatnonzero(m), "i32")
+    payload["note"] = note or (f"{R} {row_title} x {C} {col_title}" + (f" x {F} {facet_title or 'panels'}" if F > 1 else "")
+                               + ". Hover a cell for its labels and value.")
+    finite = z[np.isfinite(z)]
+    desc = [f"{F} x {R} x {C}" if F > 1 else f"{R} {row_title} x {C} {col_title}"]
+    if finite.size:
+        f, r, c = np.unravel_index(int(np.nanargmax(np.where(np.isfinite(z), z, -np.inf))), z.shape)
+        desc.append(f"{value_label}: min {finite.min():.4g}, max {finite.max():.4g} at {row_title} "
+                    f"{rows[r] if rows else row_start + r}, {col_title} {cols[c] if cols else col_start + c}"
+                    + (f", {facet_title} {facets[f]}" if facets else ""))
+    return HeatmapView(title or "Heatmap", payload, description=desc,
+                       fallback=_heatmap_fallback(z, rows or [str(row_start + i) for i in range(R)],
+                                                  cols or [str(col_start + i) for i in range(C)], cgroups, center,
+                                                  m, row_title, col_title, facets, facet_title))
+
+
+def _heatmap_fallback(z: np.ndarray, rows, cols, groups, center, marked, row_title, col_title, facets, facet_title,
+                      max_facets: int = 4) -> str:
+    """Palette PNGs of the first `max_facets` panels (`reprs.heatmap`: a pixel per cell, colour
+    bar, group strip), the static preview of a `HeatmapView`."""
+    from avlens.viz.reprs import _CSS, esc, heatmap
+
+    parts = [heatmap(z[f], rows, row_title, groups, center=center, marked=None if marked is None else marked[f],
+                     col_title=col_title, col_labels=[cols[0], cols[-1]],
+                     caption=(f"{facet_title} {facets[f]}".strip() if facets else ""))
+             for f in range(min(len(z), max_facets))]
+    if len(z) > max_facets:
+        parts.append(f"<div class='avl-n'>... {len(z) - max_facets} more {esc(facet_title or 'panels')} in the interactive view</div>")
+    return f"{_CSS}<div class='avl-r'>{''.join(parts)}</div>"
+
+
+_BARS_JS = _BANDS_JS + r"""
+var F=P.shape[0],n=P.shape[1],v=V.decode(P.values),lo=P.lo?V.decode(P.lo):null,hi=P.hi?V.decode(P.hi):null,tp=V.tip(root),B=P.bands;
+function lab(i){return P.labels[i];}
+if(B.names.length)V.chips(root,B.names,B.colors,B.letters);
+var a0=0,a1=0;[v,lo,hi].forEach(function(a){if(a)for(var i=0;i<a.length;i++)if(a[i]===a[i]){a0=Math.min(a0,a[i]);a1=Math.max(a1,a[i]);}});
+if(!(a1>a0))a1=a0+1;
+var ctx0=document.createElement('canvas').getContext('2d'),maxW=F>1?430:900,pw=n>=maxW?maxW:n*Math.max(1,Math.min(48,Math.floor(maxW/n))),
+cw=pw/n,ph=170,lw=56,bh=B.cols?14:0,top=bh+8,bot=labelDepth(ctx0,n,pw,lab)+16;
+function Y(x){return top+(a1-x)/(a1-a0)*ph;}
+var wrap=V.el('div',root);wrap.style.cssText='display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start';
+for(var f=0;f<F;f++){(function(f){
+var box=V.el('div',wrap);if(P.facets)V.el('div',box,'av-note',P.facets[f]);
+var cv=V.el('canvas',box);cv.width=lw+pw+6;cv.height=top+ph+bot;var g=cv.getContext('2d');
+g.font='10px ui-monospace,Menlo,monospace';g.textBaseline='middle';g.textAlign='right';g.fillStyle='#374151';
+[a0,0,a1].forEach(function(t){g.fillText(V.fmt(t),lw-6,Y(t));g.fillRect(lw-4,Y(t),3,1);});
+g.fillStyle='#e5e7eb';g.fillRect(lw,top,1,ph);g.fillStyle='#9ca3af';g.fillRect(lw,Y(0),pw,1);
+for(var i=0;i<n;i++){var x=v[f*n+i];if(x!==x)continue;var y0=Y(0),y1=Y(x),gap=cw>=4?1:0;
+g.fillStyle=P.colors?P.colors[i]:(x>=0?'#2b6cb0':'#64748b');g.fillRect(lw+i*cw+gap/2,Math.min(y0,y1),Math.max(1,cw-gap),Math.max(1,Math.abs(y1-y0)));
+if(lo&&hi&&lo[f*n+i]===lo[f*n+i]){var cx=lw+(i+0.5)*cw,ya=Y(lo[f*n+i]),yb=Y(hi[f*n+i]),k=Math.min(6,cw/4);g.fillStyle='#111827';
+g.fillRect(cx-0.5,Math.min(ya,yb),1,Math.abs(yb-ya));g.fillRect(cx-k,ya-0.5,2*k,1);g.fillRect(cx-k,yb-0.5,2*k,1);}}
+axisLabels(g,n,pw,lw,top+ph,lab,n<=80&&cw>=9);
+g.fillStyle='#374151';g.textAlign='center';g.fillText(P.axis_title,lw+pw/2,top+ph+bot-6);
+if(B.cols)drawBands(g,B,B.cols,false,lw,2,pw,n,bh);
+cv.addEventListener('mousemove',function(ev){var b=cv.getBoundingClientRect(),x=(ev.clientX-b.left)*cv.width/b.width-lw,i=Math.floor(x/cw);
+if(x<0||i>=n){tp.hide();return;}var k=f*n+i,gi=B.cols?groupAt(B,B.cols,i):(P.groups?P.groups[i]:null),
+lines=[(P.facets?P.facets[f]+'\n':'')+P.axis_title+' '+lab(i)+(gi?' ('+gi+')':''),P.value_label+' '+V.fmt(v[k])];
+if(lo&&hi)lines.push('interval ['+V.fmt(lo[k])+', '+V.fmt(hi[k])+']');tp.show(ev,lines.join('\n'));});
+cv.addEventListener('mouseleave',function(){tp.hide();});})(f);}
+V.el('div',root,'av-note',P.note);
+"""
+
+
+class BarView(View):
+    """Bars of a one-axis result (optionally faceted, with intervals); see `bar_view`."""
+
+    kind = "bars"
+    render_js = _BARS_JS
+
+
+def bar_view(
+    values,
+    labels: Sequence,
+    *,
+    groups: Optional[Sequence[str]] = None,
+    bands: bool = False,
+    lo=None,
+    hi=None,
+    facet_labels: Optional[Sequence] = None,
+    axis_title: str = "",
+    value_label: str = "value",
+    title: Optional[str] = None,
+    note: Optional[str] = None,
+) -> BarView:
+    """Bars on a canvas (the default `.plot()` of one-axis results: a knockout per group, a
+    patching sweep over positions, the hub study's table), offline and small: float16 values,
+    hover readout, a zero line.
+
+    Args:
+        values: `[n]`, or `[facet, n]` for one panel per facet (NaN: no bar).
+        labels: one label per bar.
+        groups: the token group of each bar: bars in the group colours.
+        bands: `groups` run along a position axis: draw a labelled band per run above the bars.
+        lo / hi: an interval per bar (e.g. a 95 % CI), the shape of `values`, drawn as whiskers.
+        facet_labels: the panels' names.
+    """
+    z = _as_numpy(values, "values")
+    if z.ndim == 1:
+        z = z[None]
+        if facet_labels is not None:
+            raise ValueError("facet_labels are for [facet, n] values; these are [n]")
+    if z.ndim != 2 or 0 in z.shape:
+        raise ValueError(f"values must be [n] or [facet, n] with no empty axis; got shape {tuple(np.shape(values))}")
+    F, n = z.shape
+    labels = [str(x) for x in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} bars; give one label per bar")
+    groups = _check_groups(groups, n, "bars")
+    if bands and groups is None:
+        raise ValueError("bands=True draws the groups' runs: pass groups= (one token group per bar)")
+    facets = None
+    if facet_labels is not None:
+        facets = [str(x) for x in facet_labels]
+        if len(facets) != F:
+            raise ValueError(f"{len(facets)} facet labels for {F} facets")
+    if (lo is None) != (hi is None):
+        raise ValueError("give both lo= and hi= (the interval's ends), or neither")
+    payload: dict[str, Any] = {
+        "shape": [F, n], "values": encode_array(z), "labels": labels, "facets": facets,
+        "colors": _group_colors(groups) if groups is not None else None, "groups": groups,
+        "bands": _bands_payload(groups if bands else None) if groups is not None else _bands_payload(None),
+        "axis_title": str(axis_title), "value_label": str(value_label), "lo": None, "hi": None,
+        "note": note or "Hover a bar for its label and value.",
+    }
+    if lo is not None:
+        lo_a, hi_a = _as_numpy(lo, "lo").reshape(-1), _as_numpy(hi, "hi").reshape(-1)
+        if lo_a.size != z.size or hi_a.size != z.size:
+            raise ValueError(f"lo and hi must have the values' shape {tuple(np.shape(values))}")
+        payload["lo"], payload["hi"] = encode_array(lo_a.reshape(z.shape)), encode_array(hi_a.reshape(z.shape))
+    finite = z[np.isfinite(z)]
+    desc = [f"{n} bars" + (f" x {F} panels" if F > 1 else "")]
+    if finite.size:
+        desc.append(f"{value_label}: min {finite.min():.4g}, max {finite.max():.4g}")
+    return BarView(title or "Bars", payload, description=desc, fallback=_bars_fallback(z, labels, groups, facets))
+
+
+def _bars_fallback(z: np.ndarray, labels, groups, facets, max_facets: int = 4) -> str:
+    """Tables with inline bars (`reprs.bars`) of the first panels: the static preview of a `BarView`."""
+    from avlens.viz.reprs import _CSS, bars, esc
+
+    parts = [(f"<div>{esc(facets[f])}</div>" if facets else "") + bars(labels, z[f], groups) for f in range(min(len(z), max_facets))]
+    return f"{_CSS}<div class='avl-r'>{''.join(parts)}</div>"
