@@ -422,3 +422,133 @@ def test_views_are_standalone_and_a_report_inlines_each_bundle_once(toy, small, 
         flow.save(tmp_path / "flow.png")
     with pytest.raises(TypeError, match="add_html"):
         page.add_view("<p>not a view</p>")
+
+
+# ================================================================================== scale, fallbacks, validation
+
+
+def _av_layout_2048() -> BatchLayout:
+    """A 2,048-token audio-in-video layout (T2 S2 | 34 chunks of V8 A50 | S2 T70), with two global
+    sinks as the overlay group `sink`: the shape of a real long sample, no model needed."""
+    runs = [("text", 2), ("special", 2)] + [("video", 8), ("audio", 50)] * 34 + [("special", 2), ("text", 70)]
+    groups = [g for g, k in runs for _ in range(k)]
+    masks = {g: torch.tensor([[x == g for x in groups]]) for g in ("audio", "video", "image", "text", "special", "pad")}
+    return BatchLayout(masks, validate=False).with_group("sink", [[4, 12]])
+
+
+def test_group_flow_payload_of_a_28_layer_28_head_6_group_summary_on_2048_tokens():
+    from avlens.model.summary import AttentionGroupSummary
+
+    lay = _av_layout_2048()
+    assert lay.n_pos == 2048
+    groups = ["audio", "video", "text", "special", "pad", "sink"]
+    counts = torch.tensor([[int(lay.mask(g)[0].sum()) for g in groups]])
+    assert counts.tolist() == [[1700, 272, 72, 4, 0, 2]]
+    e = -torch.log(torch.rand(1, 28, 28, len(groups), len(groups), generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    mass = e / e.sum(-1, keepdim=True)  # Dirichlet(1) rows: each query group's mass sums to 1 (the least compressible case)
+    summary = AttentionGroupSummary(groups, mass.float(), counts)
+    view = group_flow_view(summary, sample=0)
+    frag = view.html()  # no bundles: the fragment is the whole notebook output
+    assert view.requires == frozenset()
+    assert view.payload_bytes < 2_000_000 and len(frag.encode()) < 2_000_000
+    # the numbers group_flow_view's docstring quotes (28 x 28 x 6 x 6 float16 = 56 kB, base64 ~76 kB; with the PNG preview ~125 kB)
+    assert view.payload_bytes < 80_000, view.payload_bytes
+    assert len(frag.encode()) < 140_000, len(frag.encode())
+    np.testing.assert_allclose(_b64(view.payload["values"]), mass[0].double().numpy(), rtol=2 ** -11, atol=2 ** -24)
+    assert view.payload["query_counts"] == counts[0].tolist() and view.payload["groups"] == groups
+
+
+def _png_of(fragment: str, n: int = 0) -> np.ndarray:
+    from PIL import Image
+
+    uris = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", fragment)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[n]))).convert("RGB"))
+
+
+def _fallback(view) -> str:
+    """The static part of a view's fragment (what shows when its script cannot run)."""
+    h = view.html()
+    start = h.index("<div class='av-fallback'>")
+    return h[start:h.index("<script>", start)]
+
+
+def test_static_fallbacks_hold_a_png_or_text(toy, small, clips):
+    from avlens.viz import heatmap_view
+
+    batch, pats = small
+    values = pats[:, 0, 0, -1]
+    # the group flow: one block of G x G pixels per (layer row, head column), gaps of one pixel
+    summary = toy.attention_group_summary(batch)
+    flow = group_flow_view(summary, sample=0)
+    L, H, G = toy.cfg.n_layers, toy.cfg.n_heads, len(summary.groups)
+    img = _png_of(_fallback(flow))
+    assert img.shape[:2] == ((L + 1) * (G + 1) - 1, (H + 1) * (G + 1) - 1)
+    m = summary.mass[0].double().numpy()
+    # brute force: the brightest (viridis: most yellow) pixel of layer l's head-h block is its largest entry
+    l, h = np.unravel_index(int(np.argmax(m.max((2, 3)))), m.shape[:2])
+    q, k = np.unravel_index(int(np.argmax(m[l, h])), (G, G))
+    block = img[(l + 1) * (G + 1):(l + 1) * (G + 1) + G, (h + 1) * (G + 1):(h + 1) * (G + 1) + G].astype(int)
+    assert np.unravel_index(int(np.argmax(block[..., 0] + block[..., 1])), (G, G)) == (q, k)
+    # the heatmap: reprs' palette PNG with one pixel per cell
+    hm = heatmap_view(np.arange(12.0).reshape(3, 4), groups=["audio", "audio", "video", "text"])
+    assert _png_of(_fallback(hm)).shape[:2] == (3, 4)
+    # media: the spectrogram image and the frames as PNGs; text views: their description
+    spec = spectrogram_view(batch, values)
+    assert spec.payload["image"] in _fallback(spec)
+    frames = frame_strip_view(batch, values, frames=clips[0].frames)
+    assert all(u in _fallback(frames) for u in frames.payload["frames"])
+    strip = token_strip(batch.layout, values)
+    assert "sample 0:" in _fallback(strip) and "<pre" in _fallback(strip)
+    drill = attention_drilldown_from_pattern(torch.rand(2, 4, 4), HOSTILE, ["text"] * 4)
+    fb = _fallback(drill)
+    assert "window of 4 positions" in fb and "<script" not in fb.lower()
+    for view in (flow, hm, spec, frames, strip, drill):
+        # the fallback sits inside the element the script clears first, so a running script hides it
+        h = view.html()
+        uid = re.search(r"<div id='(avl[0-9a-f]{12})'", h).group(1)
+        assert h.index(f"id='{uid}'") < h.index("av-fallback") < h.index("<script>")
+        assert "root.textContent=''" in h
+
+
+def test_helpers_global_is_versioned_by_a_hash_of_their_code():
+    import hashlib
+
+    from avlens.viz import views
+
+    name = views.VIZ_GLOBAL
+    assert name == "__avlensViz_" + hashlib.sha256(views._HELPERS_BODY.encode()).hexdigest()[:12]
+    h = token_strip(BatchLayout.text_only(torch.ones(1, 3))).html()
+    assert f"window.{name}=window.{name}||" in h and f"var V=window.{name}," in h
+    assert "window.__avlensViz=" not in h and "window.__avlensViz," not in h  # the unversioned name is gone
+
+
+def test_views_reject_bad_sizes_and_positions(toy, small):
+    batch, pats = small
+    summary = toy.attention_group_summary(batch)
+    for cell in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="cell must be a positive integer"):
+            group_flow_view(summary, cell=cell)
+    for fw in (0, -1, 10.5):
+        with pytest.raises(ValueError, match="frame_width must be a positive integer"):
+            frame_strip_view(batch, frame_width=fw)
+    with pytest.raises(ValueError, match="max_frame_side must be a positive integer"):
+        frame_strip_view(batch, max_frame_side=0)
+    for alpha in (5, -0.1, 1.01, "0.5"):
+        with pytest.raises(ValueError, match=r"alpha .* in \[0, 1\]"):
+            frame_strip_view(batch, alpha=alpha)
+    assert frame_strip_view(batch, alpha=0).payload["alpha"] == 0.0 and frame_strip_view(batch, alpha=1).payload["alpha"] == 1.0
+    for max_len in (0, -3, 4.0):
+        with pytest.raises(ValueError, match="max_len must be a positive integer"):
+            attention_drilldown(toy, batch, layer=0, max_len=max_len)
+    for window in ((0.0, 10.0), [1, 2.5], np.array([1.0, 2.0])):
+        with pytest.raises(ValueError, match="positions must be integers"):
+            attention_drilldown(toy, batch, layer=0, window=window)
+    with pytest.raises(ValueError, match="positions must be integers"):
+        token_strip(batch.layout, positions=[0.5, 3])
+    with pytest.raises(ValueError, match="display_width must be a positive integer"):
+        spectrogram_view(batch, display_width=0)
+    # integer forms still work: numpy integers, a LongTensor, a boolean mask
+    w = attention_drilldown(toy, batch, layer=0, window=torch.tensor([4, 5, 6]))
+    assert w.payload["positions"] == [4, 5, 6]
+    assert attention_drilldown(toy, batch, layer=0, window=(np.int64(4), np.int64(7))).payload["positions"] == [4, 5, 6]
+    assert _no_hooks(toy)

@@ -370,9 +370,10 @@ def group_flow_view(
     label the matrices' rows and columns; hovering shows the numbers and draws that head's
     matrix large with its values.
 
-    The data are L x H x G x G float16 values, whatever the sequence length (measured for a
-    28-layer, 28-head model with 6 groups, sink included, on a 2,048-token sample: payload
-    MEASURED_PAYLOAD, the whole fragment with its static PNG preview MEASURED_HTML).
+    The data are L x H x G x G float16 values, whatever the sequence length. Measured for a
+    28-layer, 28-head model with 6 groups (sink included) on a 2,048-token sample, with random
+    masses (the least compressible case; tests/test_viz_views.py): payload 76 kB, the whole
+    fragment with its static PNG preview (41 kB) and the drawing code 125 kB.
 
     Args:
         summary: `model.attention_group_summary(batch)` (an `AttentionGroupSummary`, mass
