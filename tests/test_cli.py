@@ -1,5 +1,5 @@
 """`avlens demo` runs end to end and writes a self-contained offline report with its sections; the
-report builder inlines plotly.js and the circuitsvis bundle once each, loads nothing from the
+report builder inlines the circuitsvis bundle once (and plotly.js only for plotly figures), loads nothing from the
 network and escapes every text it is given."""
 
 import html
@@ -68,7 +68,8 @@ def test_demo_report_has_every_section(demo_page):
         assert f"<section id='{sid}'><h2>{title}</h2>" in demo_page, sid
     assert "0: dog / clear" in demo_page and "1: car / audio_ambiguous" in demo_page  # the clips
     assert "CircuitsVis.render(" in demo_page and "CircuitsVis.AttentionHeads" in demo_page  # the drill-down view
-    assert demo_page.count("Plotly.newPlot(") == 3  # attention heatmap, group flow, sink map
+    # attention heatmap, patching heatmap, sink map: avlens heatmap views (canvas, float16), not plotly
+    assert demo_page.count("class='avlens-view avlens-heatmap'") == 3 and "Plotly.newPlot(" not in demo_page
     assert "blocks.{l}.hook_resid_post" in demo_page
     section = demo_page[demo_page.index("<section id='hallucination'>"):demo_page.index("<section id='model-card'>")]
     assert all(f"<td>{m}</td>" in section for m in ("plain", "vcd", "avcd")), section[:2000]
@@ -84,10 +85,10 @@ def test_demo_layout_strip_shows_audio_in_video_interleaving(demo_page):
     assert re.search(r"V\d+ A\d+ V\d+ A\d+", runs), runs  # each chunk's video, then its audio
 
 
-def test_demo_report_inlines_plotly_and_circuitsvis_once(demo_page):
+def test_demo_report_inlines_circuitsvis_once_and_no_plotly(demo_page):
     from plotly.offline import get_plotlyjs
 
-    assert demo_page.count(script_safe(get_plotlyjs())[:400]) == 1
+    assert demo_page.count(script_safe(get_plotlyjs())[:400]) == 0  # every figure is an avlens view
     assert demo_page.count("var CircuitsVis=") == 1
     assert len(demo_page.encode()) < 15 * 2**20
 
