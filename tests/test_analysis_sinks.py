@@ -175,7 +175,8 @@ def test_report_global_sinks_keep_media_and_make_a_layout(model, case):
         assert sorted(lay.positions("sink", s).tolist()) == sorted(rep.global_sinks(2, sample=s))
     fb = rep.found_by(0)
     assert set(fb["both"]) | set(fb["hidden_only"]) == set(fb["hidden"])
-    fig = rep.plot(0)
+    assert rep.plot(0).payload["shape"] == [1, model.cfg.n_layers, batch.shape[1]]  # the default: an avlens view
+    fig = rep.plot(0, backend="plotly")
     assert fig.data[0].z.shape == (model.cfg.n_layers, batch.shape[1])
 
 

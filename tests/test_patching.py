@@ -306,12 +306,15 @@ def test_result_frame_top_and_plot_with_group_bands(model, aiv):
     top = res.top(3)
     assert list(top["value"]) == sorted(res.values.flatten().tolist(), reverse=True)[:3]
     assert len(res.top(4, by="abs")) == 4
-    fig = res.plot()
+    view = res.plot()  # an avlens heatmap view: group bands along positions
+    assert view.kind == "heatmap" and len(view.payload["bands"]["cols"]) >= len(set(res.position_groups))
+    assert set(view.payload["bands"]["names"]) >= {"audio", "video", "text"}
+    fig = res.plot(backend="plotly")
     assert len(fig.layout.shapes) >= len(set(res.position_groups))  # group bands along positions
     assert {t.name for t in fig.data if t.type == "scatter"} >= {"audio", "video", "text"}
     assert "no-ops skipped" in repr(res)
     by_group = patching.activation_patch(model, clean, corrupted, answer_prob(), over="group")
-    assert by_group.plot().data[0].type == "bar"
+    assert by_group.plot().kind == "bars" and by_group.plot(backend="plotly").data[0].type == "bar"
     normalized = res.normalized()
     assert normalized.shape == res.values.shape
 
