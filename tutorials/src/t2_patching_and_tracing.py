@@ -210,8 +210,10 @@ by_position.top(6)
 # and is skipped; a patch at block `l` and position `p` starts from the cached run at block `l` and
 # recomputes only the positions from `p` on; and many cells share one batched forward.
 #
-# The grid as a heatmap (`.plot()`, with token-group bands along the positions), then block 0's
-# row on the token strip: which single positions carry the answer when restored.
+# The grid as a heatmap (`.plot()`, with token-group bands along the positions: an avlens view that
+# draws offline, in an exported HTML page too, from float16 data; hover a cell for its numbers;
+# `.plot(backend="plotly")` gives a plotly figure instead), then block 0's row on the token strip:
+# which single positions carry the answer when restored.
 
 # %%
 by_position.plot()
