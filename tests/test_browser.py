@@ -84,6 +84,12 @@ def check_view(locator, expect: dict | None = None) -> str:
             assert duration > 0 and duration == duration, f"spectrogram: the audio does not play (duration {duration})"
             if "seconds" in expect:
                 assert abs(duration - expect["seconds"]) < 0.01, (duration, expect["seconds"])
+    elif kind in ("heatmap", "bars"):
+        cv = locator.locator("canvas")
+        assert cv.count() >= 1, f"{kind}: no canvas"
+        B.assert_rendered(cv.first, f"the {kind} view's canvas")
+        n = expect.get("canvases")  # one per panel (+ the heatmap's colour bar)
+        assert n is None or cv.count() == n, f"{kind}: {cv.count()} canvases, expected {n}"
     elif kind == "frame_strip":
         n = count("img")
         assert n >= 1 and n == expect.get("frames", n), f"frame strip: {n} frames, expected {expect.get('frames')}"
@@ -204,21 +210,20 @@ def test_demo_layout_strip_is_drawn_in_group_colours(demo):
 # ================================================================================ (b) a tutorial
 
 
-def _solution_notebook() -> Path:
-    found = sorted((ROOT / "tutorials" / "solutions").glob("*.ipynb"))
-    if not found:
-        pytest.fail("no solution notebook in tutorials/solutions/ (generate them with `make tutorials`)", pytrace=False)
-    return found[0]
+def _solution_notebook(name: str) -> Path:
+    path = ROOT / "tutorials" / "solutions" / f"{name}.ipynb"
+    if not path.exists():
+        pytest.fail(f"no solution notebook {path.name} in tutorials/solutions/ (generate them with `make tutorials`)", pytrace=False)
+    return path
 
 
-@pytest.fixture(scope="module")
-def tutorial(chromium, tmp_path_factory):
-    """The first solution notebook, executed (nbclient, when it has no outputs) and exported to
-    HTML (nbconvert's lab template, images embedded), opened once. Returns (opened page, exporter)."""
+def _exported_notebook(chromium, tmp_path_factory, name: str):
+    """A solution notebook, executed (nbclient, when it has no outputs) and exported to HTML
+    (nbconvert's lab template, images embedded), opened once. Returns (opened page, exporter, nb)."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    path = _solution_notebook()
+    path = _solution_notebook(name)
     nb = nbformat.read(path, as_version=4)
     if not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
         from nbclient import NotebookClient
@@ -234,9 +239,23 @@ def tutorial(chromium, tmp_path_factory):
                     os.environ.pop(k, None)
     exporter = HTMLExporter(template_name="lab", embed_images=True)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
-    out = tmp_path_factory.mktemp("browser-tutorial") / f"{path.stem}.html"
+    out = tmp_path_factory.mktemp(f"browser-tutorial-{name}") / f"{path.stem}.html"
     out.write_text(body, encoding="utf-8")
-    opened = B.open_page(chromium, out.as_uri())
+    return B.open_page(chromium, out.as_uri()), exporter, nb
+
+
+@pytest.fixture(scope="module")
+def tutorial(chromium, tmp_path_factory):
+    """Tutorial 1 (hooks and groups: group-flow, strip and media views) as exported HTML."""
+    opened, exporter, nb = _exported_notebook(chromium, tmp_path_factory, "t1")
+    yield opened, exporter, nb
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def tutorial_t2(chromium, tmp_path_factory):
+    """Tutorial 2 (patching and tracing: the results' `.plot()` heatmaps and bars) as exported HTML."""
+    opened, exporter, nb = _exported_notebook(chromium, tmp_path_factory, "t2")
     yield opened, exporter, nb
     opened.close()
 
@@ -266,10 +285,32 @@ def test_tutorial_html_draws_its_views(tutorial):
     assert found["views"] >= 1, found
 
 
+@browser
+def test_tutorial_t2_heatmaps_draw_offline_in_exported_html(tutorial_t2):
+    """Tutorial 2's `.plot()` outputs are avlens views: in nbconvert's static HTML they draw (a
+    plotly figure there would be an empty application/vnd.plotly.v1+json output)."""
+    opened, exporter, nb = tutorial_t2
+    opened.assert_no_errors()
+    template = tuple(u for u in (exporter.require_js_url, exporter.mathjax_url) if u)
+    assert not [u for u in opened.external if not u.startswith(template)], opened.external
+    opened.external.clear()
+    found = check_page(opened, min_views=3)  # every view: script ran, non-blank, its elements
+    page = opened.page
+    assert "Traceback" not in page.inner_text("body"), "a cell of the executed tutorial raised"
+    heatmaps = page.locator(".avlens-heatmap")
+    assert heatmaps.count() >= 2, f"{heatmaps.count()} heatmap views (by_position.plot(), trace.plot())"
+    for i in range(heatmaps.count()):
+        assert heatmaps.nth(i).locator(".av-fallback").count() == 0, "the static preview stays after the script ran"
+    assert page.locator(".avlens-bars").count() >= 1  # ko.plot(): one axis
+    mimes = {m for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) for m in o.get("data", {})}
+    assert "application/vnd.plotly.v1+json" not in mimes, "a .plot() still returns a plotly figure"
+    assert found["plotly"] == 0
+
+
 # ================================================================================ (c) each view, standalone
 
 
-VIEW_KINDS = ("group_flow", "drilldown", "token_strip", "spectrogram", "frame_strip")
+VIEW_KINDS = ("group_flow", "drilldown", "token_strip", "spectrogram", "frame_strip", "heatmap", "bars")
 
 
 def make_view(toy, kind: str, **kw):
@@ -293,6 +334,15 @@ def make_view(toy, kind: str, **kw):
     if kind == "frame_strip":
         v = viz.frame_strip_view(toy.batch, toy.values, frames=toy.clip.frames, **kw)
         return v, {"frames": v.payload["steps"]}
+    if kind == "heatmap":  # two panels with group bands on both axes and marked cells
+        n = lay.n_pos
+        z = torch.stack([toy.values[None].expand(3, n) * torch.arange(1, 4)[:, None]] * 2)
+        v = viz.heatmap_view(z, groups=lay.labels(0), facet_labels=["a", "b"], marked=z > z.mean(), **kw)
+        return v, {"canvases": 3}  # two panels and the colour bar
+    if kind == "bars":
+        v = viz.bar_view(toy.values[:40], list(range(40)), groups=lay.labels(0)[:40], bands=True,
+                         lo=toy.values[:40] * 0.5, hi=toy.values[:40] * 1.5, **kw)
+        return v, {"canvases": 1}
     raise ValueError(kind)
 
 
@@ -309,6 +359,46 @@ def test_each_view_saved_standalone_renders(chromium, toy, kind, tmp_path):
 
 
 @browser
+def test_views_show_a_static_preview_where_scripts_cannot_run(chromium, toy, tmp_path):
+    """With JavaScript off (an untrusted notebook, GitHub's preview) every view shows its static
+    fallback: PNGs that load for the group flow, heatmap, spectrogram and frames, text for the
+    strip and the drill-down; with JavaScript on, none of it is left."""
+    from avlens.viz import Report
+
+    report = Report("static previews")
+    for kind in VIEW_KINDS:
+        report.add_view(make_view(toy, kind)[0], title=kind)
+    path = report.write(tmp_path / "static")
+    context = chromium.new_context(java_script_enabled=False, viewport=B.VIEWPORT)
+    try:
+        page = context.new_page()
+        page.route("**/*", lambda route: route.abort() if not route.request.url.startswith(("file:", "data:")) else route.continue_())
+        page.goto(path.as_uri(), wait_until="load")
+        views = page.locator(".avlens-view")
+        assert views.count() == len(VIEW_KINDS)
+        for i in range(views.count()):
+            v, kind = views.nth(i), _view_kind(views.nth(i))
+            fb = v.locator(".av-fallback")
+            assert fb.count() == 1 and "did not run" in fb.inner_text(), kind
+            B.assert_rendered(fb, f"the {kind} view's static preview")
+            imgs = fb.locator("img")
+            if kind in ("group_flow", "heatmap", "spectrogram", "frame_strip"):
+                assert imgs.count() >= 1, f"{kind}: no PNG in the static preview"
+                for j in range(imgs.count()):
+                    assert imgs.nth(j).evaluate("i => i.complete && i.naturalWidth > 0"), f"{kind}: a preview PNG did not load"
+            else:
+                assert fb.locator("pre, table").count() >= 1, f"{kind}: no text summary in the static preview"
+    finally:
+        context.close()
+    opened = B.open_page(chromium, path.as_uri())
+    try:
+        assert opened.page.locator(".av-fallback").count() == 0  # every script replaced its preview
+        opened.assert_no_errors()
+    finally:
+        opened.close()
+
+
+@browser
 def test_report_with_every_view_inlines_circuitsvis_once_and_draws_them_all(chromium, toy, tmp_path):
     from avlens.viz import Report
 
@@ -317,10 +407,11 @@ def test_report_with_every_view_inlines_circuitsvis_once_and_draws_them_all(chro
         report.add_view(make_view(toy, kind)[0], title=kind)
     text = report.render()
     assert text.count("var CircuitsVis=") == 1
+    n = len(VIEW_KINDS) + 1
     opened = B.open_page(chromium, report.write(tmp_path / "r").as_uri())
     try:
-        assert check_page(opened, min_views=6)["views"] == 6
-        assert [_view_kind(opened.page.locator(".avlens-view").nth(i)) for i in range(6)] == list(VIEW_KINDS) + ["drilldown"]
+        assert check_page(opened, min_views=n)["views"] == n
+        assert [_view_kind(opened.page.locator(".avlens-view").nth(i)) for i in range(n)] == list(VIEW_KINDS) + ["drilldown"]
     finally:
         opened.close()
 
@@ -377,7 +468,7 @@ def hostile(chromium, toy, tmp_path_factory):
     for h in HOSTILE:
         report.add_html(viz.layout_strip_html(lay, row_labels=[h]))
     report.add_attention(list(HOSTILE), pat, head_names=[HOSTILE[3], HOSTILE[4]], caption=HOSTILE[1])
-    report.add_plotly(viz.attention_heatmap(pat[0], list(HOSTILE), ["text"] * k, title=HOSTILE[2]))
+    report.add_plotly(viz.attention_heatmap(pat[0], list(HOSTILE), ["text"] * k, title=HOSTILE[2], backend="plotly"))
     report.add_view(viz.attention_drilldown_from_pattern(pat, list(HOSTILE), [("text", "audio", "video", "special")[i % 4] for i in range(k)],
                                                          head_names=[HOSTILE[0], HOSTILE[1]], title=HOSTILE[3]),
                     title="drill-down from a pattern")
@@ -389,6 +480,7 @@ def hostile(chromium, toy, tmp_path_factory):
                                     title=HOSTILE[0], overlays=[]), title="token strip")
     report.add_view(viz.spectrogram_view(batch, toy.values, value_label=HOSTILE[1], title=HOSTILE[2]), title="spectrogram")
     report.add_view(viz.frame_strip_view(batch, toy.values, value_label=HOSTILE[4], title=HOSTILE[3]), title="frames")
+    report.add_view(viz.attention_heatmap(pat[0], list(HOSTILE), ["text"] * k, title=HOSTILE[0]), title="heatmap view")
     opened = B.open_page(chromium, report.write(tmp_path_factory.mktemp("browser-hostile")).as_uri())
     yield opened, [t for t in drill.payload["tokens"] if t[2:] in HOSTILE]
     opened.close()
@@ -424,7 +516,7 @@ def test_hostile_token_text_is_shown_as_text(hostile):
     assert strips.count() == len(HOSTILE)
     views = page.locator(".avlens-view")
     kinds = [_view_kind(views.nth(i)) for i in range(views.count())]
-    assert kinds == ["drilldown", "drilldown", "token_strip", "spectrogram", "frame_strip"], kinds
+    assert kinds == ["drilldown", "drilldown", "token_strip", "spectrogram", "frame_strip", "heatmap"], kinds
     from_pattern, from_model, strip, spec, frames = (views.nth(i).inner_text() for i in range(5))
     for h in HOSTILE:
         assert h in from_pattern and h in strip, h  # drill-down chips and token-strip tokens
@@ -440,8 +532,8 @@ def test_hostile_token_text_is_shown_as_text(hostile):
 @browser
 def test_hostile_page_still_draws_everything(hostile):
     opened, _ = hostile
-    found = check_page(opened, min_views=5)
-    assert found == {"views": 5, "plotly": 1, "attention": 1}, found
+    found = check_page(opened, min_views=6)
+    assert found == {"views": 6, "plotly": 1, "attention": 1}, found
 
 
 @browser
