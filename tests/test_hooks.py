@@ -727,8 +727,6 @@ def test_run_with_cache_returns_an_activation_cache_with_compact_reprs(model, mi
     """`run_with_cache` gives an `ActivationCache` subclass: TransformerLens's decomposition on it
     equals the plain `ActivationCache`'s, and its reprs summarise (one row per kind of activation,
     layers collapsed) instead of listing tensors."""
-    import re
-
     from transformer_lens import ActivationCache
 
     _, cache = model.run_with_cache(mixed[1])
@@ -736,10 +734,11 @@ def test_run_with_cache_returns_an_activation_cache_with_compact_reprs(model, mi
     plain = ActivationCache(cache.cache_dict, model)
     torch.testing.assert_close(cache.decompose_resid(), plain.decompose_resid())
     torch.testing.assert_close(cache.accumulated_resid(), plain.accumulated_resid())
-    kinds: dict[str, int] = {}
-    for name in cache.cache_dict:
-        key = re.sub(r"^blocks\.\d+\.", "blocks.{l}.", name)
-        kinds[key] = kinds.get(key, 0) + 1
+    L = model.cfg.n_layers
+    per_layer = sorted({n.split(".", 2)[2] for n in cache.cache_dict if n.startswith("blocks.0.")})
+    assert per_layer and all(f"blocks.{l}.{h}" in cache.cache_dict for l in range(L) for h in per_layer)
+    kinds = {f"blocks.{{l}}.{h}": L for h in per_layer}
+    kinds.update({n: 1 for n in cache.cache_dict if not n.startswith("blocks.")})
     text = repr(cache)
     assert f"{len(cache.cache_dict)} activations in {len(kinds)} kinds" in text
     for key, n in kinds.items():
@@ -747,3 +746,8 @@ def test_run_with_cache_returns_an_activation_cache_with_compact_reprs(model, mi
         assert f"x{n}" in line and str(list(cache.cache_dict[key.replace("{l}", "0")].shape)) in line
     page = cache._repr_html_()
     assert page.count("<tr>") == len(kinds) + 1 and len(page) < 200 * (len(kinds) + 5)
+    # encoder-tower layers collapse too (audio_tower.blocks.{l}..., visual.blocks.{l}...)
+    names = ["audio_tower.blocks.0.hook_resid_pre", "audio_tower.blocks.1.hook_resid_pre", "visual.blocks.3.attn.hook_pattern"]
+    enc = type(cache)({n: torch.zeros(2, 3) for n in names}, model)
+    assert "audio_tower.blocks.{l}.hook_resid_pre" in repr(enc) and "x2" in repr(enc)
+    assert "visual.blocks.{l}.attn.hook_pattern" in repr(enc) and "2 kinds" in repr(enc)

@@ -43,7 +43,8 @@ class AVActivationCache(ActivationCache):
 
         rows: dict[str, list] = {}
         for name, t in self.cache_dict.items():
-            pattern = re.sub(r"^blocks\.\d+\.", "blocks.{l}.", name)
+            # decoder and encoder-tower layers alike: blocks.3.x, audio_tower.blocks.3.x -> blocks.{l}.x
+            pattern = re.sub(r"(^|\.)blocks\.\d+\.", r"\1blocks.{l}.", name)
             r = rows.setdefault(pattern, [0, tuple(t.shape), str(t.dtype).replace("torch.", ""), 0.0])
             r[0] += 1
             r[3] += t.numel() * t.element_size() / 1e6
