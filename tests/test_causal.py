@@ -297,3 +297,20 @@ def test_knockout_never_blocks_a_querys_own_edge(model, aiv):
     torch.testing.assert_close(res.extras["p_new"][0], ref, atol=TOL, rtol=0)
     with pytest.raises(patching.NoOpError, match="no-op"):  # audio keys after the text queries: nothing to block
         patching.attention_knockout(model, clean, metric, "audio", torch.zeros(clean.shape, dtype=torch.bool).index_fill_(1, torch.tensor([2]), True), verify=True)
+
+
+def test_knockout_effects_are_measured_from_the_unpatched_run_in_percent(model, aiv):
+    """Knockout values are % changes, so its baseline is 0 % (not the unpatched probability):
+    `top(by="abs")` ranks by |change|, and the unpatched metric is kept in extras."""
+    clean, _ = aiv
+    metric = answer_prob()
+    res = patching.attention_knockout(model, clean, metric, "audio", "last", window=1)
+    p_base, p_new = res.extras["p_base"], res.extras["p_new"]
+    want = ((p_new - p_base) / p_base * 100)
+    want = want.mean(-1) if want.ndim == 2 else want
+    torch.testing.assert_close(res.values, want)
+    assert float(res.base.abs().max()) == 0.0
+    top = res.top(3, by="abs")
+    assert list(top["effect"].abs()) == sorted(top["effect"].abs(), reverse=True)
+    torch.testing.assert_close(torch.tensor(top["effect"].to_numpy(), dtype=res.values.dtype),
+                               torch.tensor(top["value"].to_numpy(), dtype=res.values.dtype))

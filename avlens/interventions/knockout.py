@@ -101,11 +101,14 @@ def attention_knockout(
     p_base = base.scores[name].cpu()
     rel = (p_new - p_base) / p_base * 100
     per = rel if rel.ndim == 2 else None
+    # `base` is the unpatched run in the values' own unit (a 0 % change), so effects (`top(by="abs")`,
+    # diverging colours) are measured from it; the unpatched metric itself is extras["p_base"]
     return PatchResult(
-        values=rel.mean(-1) if per is not None else rel, dims=grid_dims, coords=coords, per_sample=per, base=p_base,
+        values=rel.mean(-1) if per is not None else rel, dims=grid_dims, coords=coords, per_sample=per,
+        base=torch.zeros_like(p_base),
         method=f"attention knockout {keys} -> {queries}", site="attn.hook_attn_scores", metric=f"relative change of {name} (%)",
         position_groups=batch.layout.labels(0), stats=stats,
-        extras={"p_new": p_new, "windows": wins, "n_blocked_edges": int(blocked.sum())},
+        extras={"p_new": p_new, "p_base": p_base, "windows": wins, "n_blocked_edges": int(blocked.sum())},
     )
 
 
