@@ -353,6 +353,28 @@ def test_plot_backends_are_checked():
         res.plot(backend="matplotlib")
 
 
+def test_plot_checks_kind_and_backend_before_anything_else():
+    """A bad backend is refused for kind='strip' too (the strip path used to skip the check), and a
+    bad kind or backend before a bad sample or axis label is looked at."""
+    res, _ = toy_result()
+    lay = make_layout([TOY_RUNS])
+    n = lay.n_pos
+    rep = SinkReport(dims=[], tau=25.0, eps=0.3, hidden_scores=torch.zeros(1, 3, n), attention_scores=torch.rand(1, 3, 2, n),
+                     layout=lay, valid=~lay.masks["pad"])
+    mds = ModalityDominance(torch.rand(3, 2) * 2 - 1, [13, 20], ["audio", "video"], lay)
+    for plot, kinds in ((res.plot, ("auto", "heatmap", "strip")), (rep.plot, ("map", "strip")), (mds.plot, ("heatmap", "strip"))):
+        for kind in kinds:
+            with pytest.raises(ValueError, match="backend must be 'view'"):
+                plot(kind=kind, backend="bogus")
+        with pytest.raises(ValueError, match="kind must be"):
+            plot(kind="pie")
+    with pytest.raises(ValueError, match="backend must be 'view'"):
+        rep.plot(sample=99, kind="strip", backend="bogus")  # not the sample's IndexError
+    with pytest.raises(ValueError, match="kind must be"):
+        res.plot(kind="pie", layer=0)  # not the axis labels' TypeError
+    assert isinstance(res.plot(kind="strip", layer=0, backend="plotly"), TokenStripView)  # a valid backend: still a strip
+
+
 # ------------------------------------------------------------------------------------ strips
 
 

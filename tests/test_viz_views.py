@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from avlens.data import synth, tasks
-from avlens.layout import GROUP_LETTERS, BatchLayout
+from avlens.layout import GROUP_COLORS, GROUP_LETTERS, BatchLayout
 from avlens.toy import toy_available
 from avlens.viz import (
     Report,
@@ -503,11 +503,14 @@ def test_static_fallbacks_hold_a_png_or_text(toy, small, clips):
     fb = _fallback(drill)
     assert "window of 4 positions" in fb and "<script" not in fb.lower()
     for view in (flow, hm, spec, frames, strip, drill):
-        # the fallback sits inside the element the script clears first, so a running script hides it
+        # the fallback sits inside the view's element, where the script removes it once it has
+        # drawn (not before: a drawing that throws leaves the preview; see test_browser.py)
         h = view.html()
         uid = re.search(r"<div id='(avl[0-9a-f]{12})'", h).group(1)
         assert h.index(f"id='{uid}'") < h.index("av-fallback") < h.index("<script>")
-        assert "root.textContent=''" in h
+        script = h[h.index("<script>"):]
+        assert script.index("draw();") < script.index("root.removeChild(fb)")
+        assert "root.textContent=''" not in script
 
 
 def test_helpers_global_is_versioned_by_a_hash_of_their_code():
@@ -552,3 +555,184 @@ def test_views_reject_bad_sizes_and_positions(toy, small):
     assert w.payload["positions"] == [4, 5, 6]
     assert attention_drilldown(toy, batch, layer=0, window=(np.int64(4), np.int64(7))).payload["positions"] == [4, 5, 6]
     assert _no_hooks(toy)
+
+
+# ================================================================================ heatmap / bar views: edge cases
+
+
+def test_float_payloads_keep_small_differences_on_large_offsets():
+    """Brute force over offsets and spreads: five evenly spaced values stay distinct and every
+    decoded value is within 1e-3 of the range of itself, also where float16 alone keeps fewer
+    than three significant digits across the range (20 +- 0.02: float16's step at 20 is 0.016).
+    The decode is done here from the bytes and the offset, not with avlens's decode_array."""
+    from avlens.viz import heatmap_view
+    from avlens.viz.views import encode_array
+
+    def decode(d):
+        return _b64(d) + d.get("offset", 0.0)
+
+    view = heatmap_view(20 + np.array([[-.02, -.01, 0, .01, .02]]), center=20)
+    assert view.payload["values"]["dtype"] == "f16" and view.payload["values"]["offset"] == 20.0  # still 2 bytes a value
+    got = decode(view.payload["values"])[0, 0]
+    assert len(set(got.tolist())) == 5
+    np.testing.assert_allclose(got, 20 + np.array([-.02, -.01, 0, .01, .02]), atol=1e-3 * 0.04)
+    rng = np.random.default_rng(0)
+    for offset in (0.0, 1e-3, 0.7, -3.0, 20.0, 511.0, -4096.0, 6e4):
+        for spread in (1e-5, 1e-3, 0.04, 1.0, 50.0):
+            x = offset + spread * np.linspace(-0.5, 0.5, 5)
+            d = encode_array(x)
+            y = decode(d)
+            assert len(set(y.tolist())) == 5, (offset, spread, d.get("offset"), y)
+            assert np.abs(y - x).max() <= 1e-3 * spread, (offset, spread, y - x)
+            r = offset + spread * (rng.random(200) - 0.5)  # random values: within 1e-3 of their range
+            ry = decode(encode_array(r))
+            assert np.abs(ry - r).max() <= 1e-3 * (r.max() - r.min()), (offset, spread)
+    # values reaching down to 0 keep float16's relative precision (no offset: a 1e-4 weight reads 1e-4)
+    d = encode_array(np.array([0.0, 1e-4, 0.3, 1.0]))
+    assert "offset" not in d and abs(decode(d)[1] - 1e-4) <= 1e-4 * 2 ** -10
+    # NaN stays NaN and infinities stay infinite with an offset; integers are never offset
+    d = encode_array(np.array([20.0, 20.01, np.nan, np.inf, -np.inf]))
+    assert "offset" in d and np.isnan(decode(d)[2]) and decode(d)[3] == np.inf and decode(d)[4] == -np.inf
+    assert "offset" not in encode_array(np.array([1000, 1001]))
+    # a range too small for float16's smallest steps (subnormals step by 6e-8): float32
+    assert encode_array(np.array([0.0, 1e-6, 2e-6]))["dtype"] == "f32"
+
+
+def test_bar_view_draws_infinite_values_clipped_with_a_label():
+    """A knockout's relative change from a base of 0 is inf: the payload keeps it, the axis is
+    built from the finite values (see _BARS_JS; drawn bars are checked in test_browser.py), and
+    the static preview gives it a full-width bar that reads inf, with no NaN width anywhere."""
+    from avlens.viz import bar_view
+    from avlens.viz.views import _BARS_JS
+
+    view = bar_view([0.5, np.inf, -1.0, -np.inf], ["a", "b", "c", "d"], lo=[0.4, np.inf, -1.2, -np.inf],
+                    hi=[0.6, np.inf, -0.8, -np.inf])
+    assert _b64(view.payload["values"]).tolist() == [[0.5, np.inf, -1.0, -np.inf]]
+    fb = _fallback(view)
+    assert "nan" not in fb.lower()
+    widths = [float(w) for w in re.findall(r"width:([0-9.]+)px;height:10px", fb)]
+    assert widths == [80.0, 160.0, 160.0, 160.0]  # |x| / largest finite |x| * 160; inf: the full width
+    assert ">inf<" in fb and ">-inf<" in fb and fb.count("double #111827") == 2
+    assert "isFinite(x)" in _BARS_JS and any("infinite" in line for line in view.description)
+
+
+def test_view_show_and_write_html(monkeypatch, tmp_path):
+    """`.show()` in a script writes a standalone page and opens it in the browser (returning its
+    path); in a notebook kernel it displays the view; `.write_html` is `.save`."""
+    import webbrowser
+
+    from avlens.viz import heatmap_view
+    from avlens.viz import views as views_mod
+
+    view = heatmap_view(np.arange(6.0).reshape(2, 3), title="shown")
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    monkeypatch.setattr(views_mod, "_in_notebook", lambda: False)
+    path = view.show()
+    try:
+        assert opened == [path.resolve().as_uri()] and path.suffix == ".html"
+        page = path.read_text(encoding="utf-8")
+        assert page.startswith("<!doctype html>") and "<title>shown</title>" in page and "avlens-heatmap" in page
+    finally:
+        path.unlink()
+    shown = []
+    import IPython.display
+
+    monkeypatch.setattr(views_mod, "_in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    assert view.show() is None and shown == [view] and len(opened) == 1
+    out = view.write_html(tmp_path / "v.html")
+    assert out == tmp_path / "v.html" and "avlens-heatmap" in out.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match=r"\.html"):
+        view.write_html(tmp_path / "v.png")
+    assert views_mod._in_notebook() is True  # patched; the real one is False outside a kernel:
+    monkeypatch.undo()
+    assert views_mod._in_notebook() is False
+
+
+def test_report_add_plotly_takes_a_view_and_refuses_other_things_cleanly():
+    from avlens.viz import bar_view
+
+    view = bar_view([1.0, 2.0], ["a", "b"])
+    report = Report("r")
+    report.add_section("s")
+    report.add_plotly(view)  # what .plot() returns by default: passed on to add_view
+    assert len(report.sections) == 1 and "avlens-bars" in report.sections[0].parts[-1]
+    assert "plotly" not in report._uses
+    with pytest.raises(TypeError, match="add_view"):
+        report.add_plotly(object())
+    with pytest.raises(TypeError, match="config= is a plotly option"):
+        report.add_plotly(view, config={"displaylogo": True})
+    assert "plotly" not in report._uses and "Plotly.newPlot" not in report.render()
+    with pytest.raises(ValueError, match="add a section first"):
+        Report("empty").add_plotly({"data": [], "layout": {}})
+    report.add_plotly({"data": [{"type": "bar", "x": ["a"], "y": [1]}], "layout": {}})
+    assert "plotly" in report._uses
+
+
+def test_heatmap_and_bar_views_reject_bad_arguments():
+    """Each bad argument is refused with a message naming it; shapes are compared exactly, so a
+    transposed `marked` / `lo` (same size, wrong cells) is an error, not a silent reshape."""
+    from avlens.viz import bar_view, heatmap_view
+
+    z = np.arange(6.0).reshape(2, 3)
+    bad_heatmaps = [
+        (dict(values=np.arange(3.0)), "values must be"),
+        (dict(values=np.zeros((0, 3))), "no empty axis"),
+        (dict(values=np.zeros((2, 2, 2, 2))), "values must be"),
+        (dict(values=z, row_labels=["a"]), "1 row labels for 2 rows"),
+        (dict(values=z, col_labels=["a", "b"]), "2 column labels for 3 columns"),
+        (dict(values=z, facet_labels=["f"]), "facet_labels are for"),
+        (dict(values=np.stack([z, z]), facet_labels=["f"]), "1 facet labels for 2 facets"),
+        (dict(values=z, groups=["audio"] * 2), "2 groups for 3 columns"),
+        (dict(values=z, row_groups=["audio"] * 3), "3 groups for 2 rows"),
+        (dict(values=z, marked=z.T > 2), r"marked must have the values' shape \(2, 3\); got \(3, 2\) \(transposed\?\)"),
+        (dict(values=np.stack([z, z]), marked=z > 2), r"marked must have the values' shape \(2, 2, 3\)"),
+        (dict(values=z, cmap="jet"), "unknown colour map 'jet'"),
+        (dict(values=z, vmin=2.0, vmax=1.0), "vmax > vmin"),
+        (dict(values="abc"), "values must be a tensor or array"),
+    ]
+    for kw, msg in bad_heatmaps:
+        with pytest.raises((ValueError, TypeError), match=msg):
+            heatmap_view(**kw)
+    heatmap_view(z, marked=(z > 2)[None])  # the values' shape with the facet axis of one panel: fine
+    v = np.arange(6.0).reshape(2, 3)
+    bad_bars = [
+        (dict(values=np.zeros((2, 2, 2)), labels=["a", "b"]), "values must be"),
+        (dict(values=[], labels=[]), "no empty axis"),
+        (dict(values=[1.0, 2.0], labels=["a"]), "1 labels for 2 bars"),
+        (dict(values=[1.0, 2.0], labels=["a", "b"], facet_labels=["f"]), "facet_labels are for"),
+        (dict(values=v, labels=list("abc"), facet_labels=["f"]), "1 facet labels for 2 facets"),
+        (dict(values=[1.0, 2.0], labels=["a", "b"], groups=["audio"]), "1 groups for 2 bars"),
+        (dict(values=[1.0, 2.0], labels=["a", "b"], bands=True), "pass groups="),
+        (dict(values=[1.0, 2.0], labels=["a", "b"], lo=[0.0, 1.0]), "give both lo= and hi="),
+        (dict(values=v, labels=list("abc"), lo=v.T, hi=v.T), r"lo must have the values' shape \(2, 3\); got \(3, 2\)"),
+        (dict(values=v, labels=list("abc"), lo=v, hi=v[0]), r"hi must have the values' shape \(2, 3\); got \(3,\)"),
+    ]
+    for kw, msg in bad_bars:
+        with pytest.raises(ValueError, match=msg):
+            bar_view(**kw)
+    assert bar_view(v, list("abc"), facet_labels=torch.tensor([1, 2])).payload["facets"] == ["1", "2"]
+    assert heatmap_view(np.stack([z, z]), facet_labels=torch.tensor([7, 8])).payload["facets"] == ["7", "8"]
+    assert bar_view([1.0, 2.0], ["a", "b"], lo=[[0.0, 1.0]], hi=[[2.0, 3.0]]).payload["lo"]["shape"] == [1, 2]
+
+
+def test_heatmap_preview_uses_the_views_colour_scale_and_row_groups():
+    """The static preview's PNG is coloured with the view's own vmin / vmax / colour map (the
+    anchors of the page's MAPS: blues' ends are #f7fbff and #08306b), not with a scale of its
+    own, and shows the row groups as a strip of run blocks."""
+    from avlens.viz import heatmap_view
+    from avlens.viz.views import _HELPERS_BODY
+
+    assert "blues:[[247,251,255]" in _HELPERS_BODY and "[8,48,107]]" in _HELPERS_BODY
+    px = _png_of(_fallback(heatmap_view(np.array([[0.0, 1.0]]), cmap="blues", vmin=0.0, vmax=1.0)))[0].astype(int)
+    assert px[0].tolist() == [247, 251, 255] and px[1].tolist() == [8, 48, 107]
+    # vmin / vmax: 0.5 on a 0..2 viridis scale is a quarter of the way, not the top (yellow)
+    px = _png_of(_fallback(heatmap_view(np.array([[0.5, 0.5]]), vmin=0.0, vmax=2.0)))[0, 0].astype(int)
+    assert px[2] > px[1] > px[0]  # viridis at 0.25: blue-dominated (#3b528b-ish), not #fde725
+    # mixed signs: diverging around 0 as the view does, so 0 is the white middle
+    px = _png_of(_fallback(heatmap_view(np.array([[-1.0, 0.0, 3.0]]))))[0].astype(int)
+    assert np.abs(px[1] - 247).max() <= 4 and px[2][0] > px[2][2]  # 0 white (254 palette levels), 3 red
+    fb = _fallback(heatmap_view(np.zeros((4, 4)), row_groups=["text", "audio", "audio", "video"]))
+    strip = re.findall(r"top:([0-9.]+)%;height:([0-9.]+)%;background:(#[0-9a-fA-F]{6})", fb)
+    assert strip == [("0", "25", GROUP_COLORS["text"]), ("25", "50", GROUP_COLORS["audio"]), ("75", "25", GROUP_COLORS["video"])]

@@ -78,6 +78,10 @@ class ModalityDominance(LabelledTensor):
         `backend="plotly"`.
         kind="strip": the layer-mean MDS at each sink's position on the sample's
         `avlens.viz.token_strip` (other positions blank; needs `sample_layout`). Returns a `View`."""
+        if kind not in ("heatmap", "strip"):
+            raise ValueError(f"kind must be 'heatmap' or 'strip'; got {kind!r}")
+        if backend not in ("view", "plotly"):
+            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
         title = title or "modality dominance score per layer and sink (+1 video-attended, -1 audio-attended)"
         if kind == "strip":
             if self.sample_layout is None:
@@ -87,10 +91,6 @@ class ModalityDominance(LabelledTensor):
             full = torch.full((self.sample_layout.n_pos,), float("nan"))
             full[torch.tensor(self.coords["sink"], dtype=torch.long)] = self.plain().float().mean(0).cpu()
             return token_strip(self.sample_layout, full, sample=0, title=title + ", mean over layers")
-        if kind != "heatmap":
-            raise ValueError(f"kind must be 'heatmap' or 'strip'; got {kind!r}")
-        if backend not in ("view", "plotly"):
-            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
         if backend == "plotly":
             from avlens.viz.grid import grid_heatmap
 

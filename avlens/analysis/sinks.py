@@ -290,6 +290,10 @@ class SinkReport:
         `backend="plotly"`.
         kind="strip": each position's largest score over layers as an `avlens.viz.token_strip`
         of the sample's layout (returns a `View` whatever `backend`)."""
+        if kind not in ("map", "strip"):
+            raise ValueError(f"kind must be 'map' or 'strip'; got {kind!r}")
+        if backend not in ("view", "plotly"):
+            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
         self._check_sample(sample)
         z, thr = self._scores(sample, definition)
         what = (f"max |x_hat| over dims {self.dims}" if definition == "hidden" else "max over heads of the mean attention from later queries")
@@ -299,10 +303,6 @@ class SinkReport:
 
             per_pos = z.amax(0).float().masked_fill(~self.valid[sample].to(z.device), float("nan"))
             return token_strip(self.layout, per_pos, sample=sample, title=title + ", max over layers")
-        if kind != "map":
-            raise ValueError(f"kind must be 'map' or 'strip'; got {kind!r}")
-        if backend not in ("view", "plotly"):
-            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
         marked = self._mask(definition)[sample]
         if backend == "plotly":
             from avlens.viz.groups import score_map_figure

@@ -150,7 +150,7 @@ def _values_html(values: Tensor, dims, coords, position_groups: Optional[list] =
         parts.append(heatmap(z, coords[dims[0]], dims[0], col_groups(dims[1]), center=center, col_title=dims[1], caption=cap,
                              col_labels=coords[dims[1]]))
     if len(facets) > max_facets:
-        parts.append(f"<div class='avl-n'>... {len(facets) - max_facets} more {esc(dims[2])} panels (.plot() shows up to 12)</div>")
+        parts.append(f"<div class='avl-n'>... {len(facets) - max_facets} more {esc(dims[2])} panels (.plot() draws every panel)</div>")
     return "".join(parts)
 
 
@@ -268,15 +268,15 @@ class PatchResult:
             label (`result.plot(kind="strip", layer=3)`). Returns a `View` whatever `backend`.
         backend: "view" (default, a `View`) or "plotly" (a plotly `Figure`: heatmap with
             group-band shapes, or bars; needs plotly.js from the page or the notebook)."""
+        if kind not in ("auto", "heatmap", "strip"):
+            raise ValueError(f"kind must be 'auto', 'heatmap' or 'strip'; got {kind!r}")
+        if backend not in ("view", "plotly"):
+            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
         if kind == "strip":
             return self._strip(title, layout, sample, labels)
         if labels:
             raise TypeError(f"axis labels {sorted(labels)} only select a row for kind='strip'; for the heatmap use "
                             "result.values.sel(...) and plot that, or drop them")
-        if kind not in ("auto", "heatmap"):
-            raise ValueError(f"kind must be 'auto', 'heatmap' or 'strip'; got {kind!r}")
-        if backend not in ("view", "plotly"):
-            raise ValueError(f"backend must be 'view' (an avlens View) or 'plotly' (a plotly Figure); got {backend!r}")
         title = title if title is not None else self._title()
         label = self.metric
         groups_of = self._groups_of

@@ -1,18 +1,21 @@
-"""A self-contained offline HTML report: titled sections of HTML, plotly figures and circuitsvis
-attention views, with plotly.js and the circuitsvis bundle each inlined once per page.
+"""A self-contained offline HTML report: titled sections of HTML, tables and avlens views (the
+canvas heatmaps / bars that results' `.plot()` returns, group flow, token strips, media views,
+circuitsvis drill-downs), with each bundle a view needs inlined once per page.
 
     report = Report("avlens demo", intro="What this page shows.")
     report.add_section("Token layout", layout_strip_html(batch.layout))
-    report.add_plotly(fig)                             # appended to the last section
+    report.add_view(result.plot())                     # any avlens.viz View, appended to the last section
+    report.add_view(group_flow_view(summary), title="Attention flow")   # ... or in a new section
     report.add_attention(tokens, pattern)              # circuitsvis AttentionPatterns, [head, q, k]
-    report.add_view(group_flow_view(summary))          # any avlens.viz View
+    report.add_plotly(result.plot(backend="plotly"))   # a plotly figure (inlines plotly.js, ~4.8 MB)
     report.write("avlens-report")                      # -> avlens-report/index.html
 
 The page fetches nothing when opened (no CDN, no fonts, no source maps), so it works offline and
 can be mailed as one file. circuitsvis's own `attention_patterns(...)` HTML embeds its whole 1.3 MB
 bundle in every view; here the bundle is inlined once and each view is one small call to
 `CircuitsVis.render(id, CircuitsVis.AttentionPatterns, props)`, the call circuitsvis's
-`render_local` makes. Plotly figures are likewise one `Plotly.newPlot(...)` call each.
+`render_local` makes. Plotly figures, when a page has any, are likewise one `Plotly.newPlot(...)`
+call each against one inlined plotly.js.
 
 All text is escaped: titles and table cells with `html.escape`, data inside `<script>` with
 `json_for_script`, which escapes `<`, `>` and `&` so a token such as `</script>` cannot end the
@@ -124,6 +127,11 @@ def bundle_scripts(names) -> str:
     return "".join(f"<script>{script_safe(_SOURCE_MAP.sub('', BUNDLES[n]()))}</script>" for n in BUNDLES if n in set(names))
 
 
+def _is_view(x) -> bool:
+    """Whether `x` is an avlens.viz View (duck-typed: views.py imports this module)."""
+    return hasattr(x, "html") and hasattr(x, "requires")
+
+
 @dataclass
 class Section:
     """One titled section of a report: `parts` are HTML fragments, in order."""
@@ -182,23 +190,35 @@ class Report:
         return f"avlens-{kind}-{self._n_views}"
 
     def add_plotly(self, fig, config: Optional[dict] = None) -> None:
-        """Append a plotly figure (drawn by the page's single inlined copy of plotly.js)."""
+        """Append a plotly figure (drawn by the page's single inlined copy of plotly.js). An
+        avlens `View` (what `.plot()` returns by default) is passed on to `add_view`; anything
+        plotly cannot serialise is refused before the page is marked as needing plotly.js."""
+        if _is_view(fig):
+            if config:
+                raise TypeError("config= is a plotly option; an avlens View takes none (use report.add_view(view))")
+            self.add_view(fig)
+            return
         import plotly.io as pio
 
+        try:
+            fig_json = _escape_json_text(pio.to_json(fig, validate=False))
+        except Exception as e:  # plotly raises ValueError / TypeError / its own errors
+            raise TypeError(f"add_plotly takes a plotly Figure (e.g. .plot(backend='plotly')); got {type(fig).__name__} "
+                            f"that plotly cannot serialise ({e}). For an avlens View use report.add_view") from e
+        cfg = json_for_script({"displaylogo": False, "responsive": True, **(config or {})})
+        section = self._current()
         self._uses.add("plotly")
         div = self._new_id("plot")
-        fig_json = _escape_json_text(pio.to_json(fig, validate=False))
-        cfg = json_for_script({"displaylogo": False, "responsive": True, **(config or {})})
-        self._current().parts.append(
+        section.parts.append(
             f"<div id='{div}' class='plotly-graph-div'></div>"
             f"<script>(function(){{var f={fig_json};Plotly.newPlot('{div}',f.data,f.layout,{cfg});}})();</script>"
         )
 
     def add_view(self, view, title: Optional[str] = None) -> None:
-        """Append an `avlens.viz.View` (group flow, drill-down, token strip, spectrogram, frame
-        strip) to the last section, or to a new section `title`. The bundles the view needs are
+        """Append an `avlens.viz.View` (heatmap, bars, group flow, drill-down, token strip,
+        spectrogram, frame strip) to the last section, or to a new section `title`. The bundles the view needs are
         inlined once in the page's head, however many views need them."""
-        if not (hasattr(view, "html") and hasattr(view, "requires")):
+        if not _is_view(view):
             raise TypeError(f"add_view takes an avlens.viz.View; got {type(view).__name__} (use add_html for HTML strings)")
         if title is not None or not self.sections:
             self.add_section(title if title is not None else getattr(view, "title", "View"))

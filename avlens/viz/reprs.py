@@ -37,6 +37,9 @@ MAX_COLS = 2048
 # and plotly's "RdBu_r", which the results' .plot() use), as anchor colours interpolated linearly
 _VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"]
 _DIVERGING = ["#053061", "#2166ac", "#4393c3", "#92c5de", "#f7f7f7", "#f4a582", "#d6604d", "#b2182b", "#67001f"]
+_BLUES = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"]
+#: the anchor colours of each colour map, by the names the views (`value_scale`) and this module use
+_ANCHORS = {"viridis": _VIRIDIS, "diverging": _DIVERGING, "rdbu": _DIVERGING, "blues": _BLUES}
 _NAN_RGB = (229, 231, 235)
 
 _CSS = (
@@ -214,9 +217,9 @@ def _hex(c: str) -> tuple[int, int, int]:
 
 
 def colorize(x: np.ndarray, scale: str = "viridis") -> np.ndarray:
-    """RGB uint8 `[..., 3]` for values in [0, 1] (NaN: light grey) on the sequential viridis or
-    the blue-white-red diverging scale."""
-    anchors = np.array([_hex(c) for c in (_VIRIDIS if scale == "viridis" else _DIVERGING)], dtype=np.float64)
+    """RGB uint8 `[..., 3]` for values in [0, 1] (NaN: light grey) on the sequential viridis, the
+    blue-white-red diverging scale (`"diverging"` / `"rdbu"`) or `"blues"`."""
+    anchors = np.array([_hex(c) for c in _ANCHORS.get(scale, _DIVERGING)], dtype=np.float64)
     k = len(anchors) - 1
     nan = np.isnan(x)
     f = np.clip(np.nan_to_num(x, nan=0.0), 0, 1) * k
@@ -289,12 +292,17 @@ def png_data_uri(image: np.ndarray, palette_: Optional[Sequence[int]] = None) ->
 
 def heatmap(values, row_labels: Sequence, row_title: str, col_groups: Optional[Sequence[str]] = None,
             center: Optional[float] = None, marked=None, mark_color: str = GROUP_COLORS["sink"],
-            col_title: str = "position", caption: str = "", col_labels: Optional[Sequence] = None) -> str:
+            col_title: str = "position", caption: str = "", col_labels: Optional[Sequence] = None,
+            vmin: Optional[float] = None, vmax: Optional[float] = None, cmap: Optional[str] = None,
+            row_groups: Optional[Sequence[str]] = None) -> str:
     """A `[rows, cols]` heatmap as one palette PNG (a pixel per cell, at most `MAX_COLS` columns,
     wider grids averaged over column buckets), with row labels, a colour bar, and when
-    `col_groups` is given a run strip of the columns' token groups under it. `marked` (bool, same
-    shape) cells are painted `mark_color`. With `center` the scale diverges (blue below, red
-    above). `col_labels` name the first and last columns under the image (default 0 and n - 1)."""
+    `col_groups` is given a run strip of the columns' token groups under it (`row_groups`: a
+    vertical strip of the rows' groups to its right). `marked` (bool, same shape) cells are
+    painted `mark_color`. With `center` the scale diverges (blue below, red above). `vmin` /
+    `vmax` / `cmap` (`"viridis"`, `"rdbu"` or `"blues"`) set the scale explicitly (what a
+    `heatmap_view`'s static preview passes, so its colours match the drawing). `col_labels` name
+    the first and last columns under the image (default 0 and n - 1)."""
     z = np.asarray(values.detach().float().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     if z.ndim == 1:
         z = z[None]
@@ -302,16 +310,29 @@ def heatmap(values, row_labels: Sequence, row_title: str, col_groups: Optional[S
         raise ValueError(f"a heatmap needs a 1-D or 2-D array, got shape {z.shape}")
     n_rows, n_cols = z.shape
     lo, hi = value_range(z, center)
+    lo, hi = lo if vmin is None else float(vmin), hi if vmax is None else float(vmax)
+    if not hi > lo:
+        raise ValueError(f"the colour scale needs vmax > vmin; got vmin={lo}, vmax={hi}")
+    scale = ("diverging" if center is not None else "viridis") if cmap is None else cmap
+    if scale not in _ANCHORS:
+        raise ValueError(f"unknown colour map {cmap!r}; use 'viridis', 'rdbu' or 'blues'")
+    if center is None and scale in ("rdbu", "diverging"):
+        center = (lo + hi) / 2
     idx = levels((_pool_cols(z, MAX_COLS) - lo) / (hi - lo))
     if marked is not None:
         m = np.asarray(marked.cpu() if isinstance(marked, torch.Tensor) else marked, dtype=bool).reshape(z.shape)
         idx[_pool_cols(m, MAX_COLS, "any")] = _MARK_INDEX
-    uri = png_data_uri(idx, palette("diverging" if center is not None else "viridis", mark_color))
+    uri = png_data_uri(idx, palette(scale, mark_color))
     row_px = max(3, min(16, 260 // max(n_rows, 1)))
     label_rows = row_px >= 10 and n_rows <= 40
     img = (f"<img class='avl-m' style='height:{row_px * n_rows}px' alt='{esc(caption or 'heatmap')}' "
            f"title='{esc(f'{n_rows} {row_title} x {n_cols} {col_title}; colour {fmt(lo)} .. {fmt(hi)}')}' "
            f"src='{uri}'>")
+    if row_groups is not None:
+        if len(row_groups) != n_rows:
+            raise ValueError(f"{len(row_groups)} row groups for {n_rows} rows; give one token group per row")
+        img = (f"<div style='display:flex;align-items:flex-start'><div style='flex:1;min-width:0'>{img}</div>"
+               f"{_vertical_strip([str(g) for g in row_groups], row_px * n_rows)}</div>")
     labels = "".join(f"<div style='height:{row_px}px;line-height:{row_px}px;font-size:10px;text-align:right'>{esc(r)}</div>"
                      for r in row_labels) if label_rows else f"<div class='avl-n'>{esc(row_title)}</div>"
     first, last = (col_labels[0], col_labels[-1]) if col_labels is not None and len(col_labels) else (0, n_cols - 1)
@@ -323,13 +344,26 @@ def heatmap(values, row_labels: Sequence, row_title: str, col_groups: Optional[S
     grid = (f"<div class='avl-grid'><div class='avl-n' style='font-size:10px'>{esc(row_title) if label_rows else ''}</div>"
             f"<div></div><div>{labels}</div><div>{img}</div>{band}{axis}</div>")
     return (f"<div style='margin:4px 0'>{f'<div>{esc(caption)}</div>' if caption else ''}{grid}"
-            f"{colorbar(lo, hi, center, marked is not None, mark_color)}</div>")
+            f"{colorbar(lo, hi, center, marked is not None, mark_color, scale)}</div>")
+
+
+def _vertical_strip(labels: Sequence[str], height: int) -> str:
+    """The rows' token groups as a thin vertical strip, `height` px tall, one block per run
+    (the majority group of each bucket when there are more than `MAX_BLOCKS` runs)."""
+    n = len(labels)
+    rs = runs(labels)
+    if len(rs) > MAX_BLOCKS:
+        rs = [(max(comp, key=lambda gc: gc[1])[0], a, b) for a, b, comp in buckets(labels)]
+    blocks = "".join(f"<div style='position:absolute;left:0;right:0;top:{_pct(a, n)}%;height:{_pct(b - a, n)}%;"
+                     f"background:{GROUP_COLORS.get(g, '#444')}' title='{esc(_run_tip(g, a, b))}'></div>" for g, a, b in rs)
+    return f"<div style='position:relative;flex:none;width:8px;margin-left:3px;height:{height}px'>{blocks}</div>"
 
 
 def colorbar(lo: float, hi: float, center: Optional[float] = None, with_mark: bool = False,
-             mark_color: str = GROUP_COLORS["sink"]) -> str:
-    """A small horizontal colour bar from `lo` to `hi`."""
-    stops = ",".join(_DIVERGING if center is not None else _VIRIDIS)
+             mark_color: str = GROUP_COLORS["sink"], cmap: Optional[str] = None) -> str:
+    """A small horizontal colour bar from `lo` to `hi` (`cmap`: a key of `_ANCHORS`; default
+    diverging with a `center`, viridis without)."""
+    stops = ",".join(_ANCHORS[cmap] if cmap is not None else _DIVERGING if center is not None else _VIRIDIS)
     mid = f"<span>{fmt(center)}</span>" if center is not None else ""
     mark = f" <span class='avl-c' style='background:{mark_color}'>marked</span>" if with_mark else ""
     return (f"<div style='display:flex;align-items:center;gap:6px;margin-top:2px'><span>{fmt(lo)}</span>"
@@ -338,18 +372,21 @@ def colorbar(lo: float, hi: float, center: Optional[float] = None, with_mark: bo
 
 
 def bars(labels: Sequence, values, groups: Optional[Sequence[str]] = None, max_rows: int = 48) -> str:
-    """One row per label with an inline bar proportional to |value| (negative bars grey-blue)."""
+    """One row per label with an inline bar proportional to |value| (negative bars grey-blue).
+    The scale is the largest finite |value|; an infinite value (a relative change from 0) gets
+    a full-width bar ending in a dark double edge, its cell reading inf / -inf."""
     v = [float(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
-    top = max([abs(x) for x in v if x == x] or [1.0]) or 1.0
+    top = max([abs(x) for x in v if np.isfinite(x)] or [1.0]) or 1.0
     rows = []
     for k, (lab, x) in enumerate(zip(labels, v)):
         if k == max_rows:
             rows.append(f"<tr><td colspan='3' class='avl-n'>... {len(v) - max_rows} more</td></tr>")
             break
         color = GROUP_COLORS.get(groups[k], "#2b6cb0") if groups is not None else ("#2b6cb0" if x >= 0 else "#64748b")
-        width = 0 if x != x else 160 * abs(x) / top
+        width = 0 if x != x else 160.0 if np.isinf(x) else 160 * abs(x) / top
+        edge = ";border-right:4px double #111827" if np.isinf(x) else ""
         rows.append(f"<tr><td>{esc(lab)}</td><td class='num'>{fmt(x)}</td><td style='border:none'>"
-                    f"<div style='width:{width:.1f}px;height:10px;background:{color}'></div></td></tr>")
+                    f"<div style='width:{width:.1f}px;height:10px;background:{color}{edge}'></div></td></tr>")
     return f"<table>{''.join(rows)}</table>"
 
 

@@ -16,7 +16,8 @@ fonts.
 Why not plotly or raw circuitsvis: both ship every number as a JSON float list (circuitsvis draws
 heads x n^2 cells: 16 heads over 1,024 positions made a 388 MB page). Here the data travel as
 base64 little-endian float16 arrays (`{"dtype": "f16", "shape": [...], "b64": ...}`; float32
-where a value exceeds float16's range), and only what is drawn is sent: group summaries (G x G
+where float16 would not keep each value within 1/1,024 of the range; differences from an
+`"offset"` where the values' range is small next to their size, see `encode_array`), and only what is drawn is sent: group summaries (G x G
 per head, whatever the sequence length), windows of positions (the drill-down's payload grows
 with the window, not with the sequence), one value per token (the strip is O(n)). The drawing
 is a few kilobytes of inline vanilla JavaScript on a canvas; only the drill-down uses a library
@@ -33,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import os
 import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -64,24 +66,36 @@ __all__ = [
 
 # ================================================================================== payload data
 
-#: float16's largest finite value; arrays beyond it are sent as float32
+#: float16's largest finite value; arrays beyond it (after any offset) are sent as float32
 _F16_MAX = 65504.0
 
 
 def encode_array(x, dtype: Optional[str] = None) -> dict:
-    """`x` as `{"dtype", "shape", "b64"}`: base64 of its little-endian bytes.
+    """`x` as `{"dtype", "shape", "b64"}`: base64 of its little-endian bytes, plus `"offset"` when
+    the values travel relative to one (see below).
 
     `dtype` is `"f16"` (default for floats: 2 bytes a value, about 3 significant digits, NaN kept
-    to mean "no value"), `"f32"` (chosen automatically when a finite value exceeds float16's
-    range), `"u8"`, `"i16"` or `"i32"` (integers: group codes, positions, column maps).
+    to mean "no value"), `"f32"`, `"u8"`, `"i16"` or `"i32"` (integers: group codes, positions,
+    column maps).
+
+    With the automatic dtype, floats whose values stay farther from 0 than their range spans
+    (e.g. logits 19.98 .. 20.02, where float16's step at 20 is 0.016 and the five values would
+    decode to three) are sent as float16 differences from the midpoint of that range, `"offset"`,
+    which the page (and `decode_array`) adds back; values that reach down to 0 keep float16's
+    own relative precision (no offset: a 1e-4 attention weight still reads 1e-4). Either way
+    each finite value must decode within range / 1,024 of itself, checked here; float32 is sent
+    where it would not (a value beyond float16's 65,504, or a range so small float16's smallest
+    steps are too coarse), with the same offset. Infinite values stay infinite; NaN stays NaN.
     """
     a = np.asarray(x.detach().float().cpu().numpy() if isinstance(x, Tensor) else x)
+    offset = 0.0
     if dtype is None:
         if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
             dtype = "i32"
         else:
-            finite = a[np.isfinite(a)]
-            dtype = "f32" if finite.size and float(np.abs(finite).max()) > _F16_MAX else "f16"
+            dtype, offset = _float_encoding(a)
+            if offset:
+                a = a.astype(np.float64) - offset
     np_dtype = {"f16": "<f2", "f32": "<f4", "u8": "u1", "i16": "<i2", "i32": "<i4"}.get(dtype)
     if np_dtype is None:
         raise ValueError(f"unknown payload dtype {dtype!r}; use 'f16', 'f32', 'u8', 'i16' or 'i32'")
@@ -89,13 +103,34 @@ def encode_array(x, dtype: Optional[str] = None) -> dict:
         info = np.iinfo(np.dtype(np_dtype))
         if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
             raise ValueError(f"values {int(a.min())}..{int(a.max())} do not fit a {dtype} payload array")
-    return {"dtype": dtype, "shape": list(a.shape), "b64": base64.b64encode(a.astype(np_dtype).tobytes()).decode("ascii")}
+    out = {"dtype": dtype, "shape": list(a.shape), "b64": base64.b64encode(a.astype(np_dtype).tobytes()).decode("ascii")}
+    if offset:
+        out["offset"] = offset
+    return out
+
+
+def _float_encoding(a: np.ndarray) -> tuple[str, float]:
+    """`(dtype, offset)` for the finite values of `a` (see `encode_array`): the offset is the
+    midpoint of their range when they all stay farther from 0 than the range spans (else 0);
+    the dtype is "f16" when float16 differences from it decode every finite value within
+    range / 1,024, "f32" otherwise."""
+    finite = a[np.isfinite(a)].astype(np.float64)
+    if not finite.size:
+        return "f16", 0.0
+    lo, hi = float(finite.min()), float(finite.max())
+    offset = lo / 2 + hi / 2 if lo * hi > 0 and min(abs(lo), abs(hi)) > hi - lo else 0.0
+    if max(abs(lo - offset), abs(hi - offset)) > _F16_MAX:
+        return "f32", offset
+    err = np.abs((finite - offset).astype(np.float16).astype(np.float64) + offset - finite).max()
+    return ("f16" if err <= (hi - lo) / 1024 else "f32"), offset
 
 
 def decode_array(d: dict) -> np.ndarray:
-    """The numpy array of an `encode_array` dict (what the page's JavaScript decodes)."""
+    """The numpy array of an `encode_array` dict (what the page's JavaScript decodes): float64
+    with the `"offset"` added back when the dict has one."""
     np_dtype = {"f16": "<f2", "f32": "<f4", "u8": "u1", "i16": "<i2", "i32": "<i4"}[d["dtype"]]
-    return np.frombuffer(base64.b64decode(d["b64"]), dtype=np_dtype).reshape(d["shape"])
+    a = np.frombuffer(base64.b64decode(d["b64"]), dtype=np_dtype).reshape(d["shape"])
+    return a.astype(np.float64) + float(d["offset"]) if d.get("offset") else a
 
 
 def _as_numpy(x, what: str) -> np.ndarray:
@@ -160,9 +195,9 @@ _HELPERS_BODY = r"""(function(){
 function bytes(b){var s=atob(b),n=s.length,u=new Uint8Array(n);for(var i=0;i<n;i++)u[i]=s.charCodeAt(i);return u;}
 function h2f(h){var s=(h&32768)?-1:1,e=(h>>10)&31,f=h&1023;if(e===0)return s*f*5.960464477539063e-8;
 if(e===31)return f?NaN:s*Infinity;return s*Math.pow(2,e-15)*(1+f/1024);}
-function decode(a){var u=bytes(a.b64),dv=new DataView(u.buffer),n=1,i;for(i=0;i<a.shape.length;i++)n*=a.shape[i];
-var o=new Float64Array(n),t=a.dtype;for(i=0;i<n;i++){o[i]=t==='f16'?h2f(dv.getUint16(2*i,true)):t==='f32'?dv.getFloat32(4*i,true):
-t==='u8'?u[i]:t==='i16'?dv.getInt16(2*i,true):dv.getInt32(4*i,true);}return o;}
+function decode(a){var u=bytes(a.b64),dv=new DataView(u.buffer),n=1,i,off=a.offset||0;for(i=0;i<a.shape.length;i++)n*=a.shape[i];
+var o=new Float64Array(n),t=a.dtype;for(i=0;i<n;i++){o[i]=(t==='f16'?h2f(dv.getUint16(2*i,true)):t==='f32'?dv.getFloat32(4*i,true):
+t==='u8'?u[i]:t==='i16'?dv.getInt16(2*i,true):dv.getInt32(4*i,true))+off;}return o;}
 var MAPS={viridis:[[68,1,84],[71,44,122],[59,81,139],[44,113,142],[33,144,141],[39,173,129],[92,200,99],[170,220,50],[253,231,37]],
 rdbu:[[5,48,97],[33,102,172],[67,147,195],[146,197,222],[209,229,240],[247,247,247],[253,219,199],[244,165,130],[214,96,77],[178,24,43],[103,0,31]],
 blues:[[247,251,255],[222,235,247],[198,219,239],[158,202,225],[107,174,214],[66,146,198],[33,113,181],[8,81,156],[8,48,107]]};
@@ -171,7 +206,7 @@ t=t<0?0:t>1?1:t;var x=t*(c.length-1),i=Math.min(Math.floor(x),c.length-2),f=x-i,
 return[Math.round(a[0]+f*(b[0]-a[0])),Math.round(a[1]+f*(b[1]-a[1])),Math.round(a[2]+f*(b[2]-a[2]))];}
 function css(c,al){return c?(al===undefined?'rgb('+c.join(',')+')':'rgba('+c.join(',')+','+al+')'):'transparent';}
 function ink(c){return c&&(0.299*c[0]+0.587*c[1]+0.114*c[2])<140?'#fff':'#111';}
-function fmt(v){if(!(v===v))return'-';var a=Math.abs(v);return a!==0&&(a<1e-3||a>=1e5)?v.toExponential(2):(+v.toPrecision(4)).toString();}
+function fmt(v){if(!(v===v))return'-';if(!isFinite(v))return v>0?'inf':'-inf';var a=Math.abs(v);return a!==0&&(a<1e-3||a>=1e5)?v.toExponential(2):(+v.toPrecision(4)).toString();}
 function el(tag,parent,cls,text){var e=document.createElement(tag);if(cls)e.className=cls;if(text!==undefined)e.textContent=text;if(parent)parent.appendChild(e);return e;}
 function tip(root){var t=el('div',root,'av-tip');return{show:function(ev,text){var r=root.getBoundingClientRect();t.textContent=text;
 t.style.display='block';var x=ev.clientX-r.left+14,y=ev.clientY-r.top+14;if(x+t.offsetWidth>root.clientWidth)x=Math.max(0,ev.clientX-r.left-t.offsetWidth-8);
@@ -255,11 +290,16 @@ class View:
         ids are fresh on every call, so a page may show the same view twice)."""
         uid = "avl" + uuid.uuid4().hex[:12]
         # the element is found from the script itself first: a notebook may run the script while
-        # its output is not yet attached to the document; clearing it removes the static fallback
+        # its output is not yet attached to the document. The drawing goes after the static
+        # fallback, which is removed only once the drawing code has finished: if it throws, what
+        # it drew so far is removed instead and the fallback stays (the error still reaches the
+        # console)
         body = (f"(function(){{var V=window.{VIZ_GLOBAL},P={self.payload_json()},root=document.getElementById('{uid}'),"
                 f"me=document.currentScript,box=me&&me.previousElementSibling;"
                 f"if(box&&box.querySelector)root=box.querySelector('#{uid}')||root;if(!root)return;"
-                f"root.textContent='';{self.render_js}}})();")
+                f"var fb=root.firstChild;function draw(){{{self.render_js}\n}}"
+                f"try{{draw();}}catch(e){{while(fb&&fb.nextSibling)root.removeChild(fb.nextSibling);throw e;}}"
+                f"if(fb&&fb.parentNode===root)root.removeChild(fb);}})();")
         return (
             f"<div class='avlens-view avlens-{self.kind}'><style>{VIEW_CSS}</style>"
             f"<div class='av-title'>{html.escape(self.title)}</div>"
@@ -286,11 +326,46 @@ class View:
         path.write_text(page, encoding="utf-8")
         return path
 
+    def write_html(self, path: Union[str, Path]) -> Path:
+        """The same as `save` (the name plotly figures use): a standalone page at `path`."""
+        return self.save(path)
+
+    def show(self) -> Optional[Path]:
+        """Show the view from anywhere: in a notebook (Jupyter, VS Code, Colab) it is displayed
+        as the cell's output (returns None); in a script or a terminal it is written to a
+        temporary standalone page, opened in the default web browser, and the page's path is
+        returned (so `result.plot().show()` works as it does for a plotly figure)."""
+        if _in_notebook():
+            from IPython.display import display
+
+            display(self)
+            return None
+        import tempfile
+        import webbrowser
+
+        fd, name = tempfile.mkstemp(prefix="avlens-view-", suffix=".html")
+        os.close(fd)
+        path = self.save(name)
+        webbrowser.open(path.resolve().as_uri())
+        return path
+
     def __repr__(self) -> str:
         kb = self.payload_bytes / 1024
         head = f"{type(self).__name__}({self.title!r}, payload {kb:.1f} kB"
         head += f", needs {'+'.join(sorted(self.requires))})" if self.requires else ")"
         return "\n".join([head] + ["  " + line for line in self.description])
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a notebook kernel (Jupyter, VS Code, Colab): an IPython shell with a
+    kernel, where `display` draws HTML. A terminal IPython has no kernel (display would print
+    the repr), so it opens a browser like a script."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _group_colors(groups: Sequence[str]) -> list[str]:
@@ -1054,11 +1129,7 @@ def heatmap_view(
     F, R, C = z.shape
     rows, row_start = _axis_labels(row_labels, R, "row")
     cols, col_start = _axis_labels(col_labels, C, "column")
-    facets = None
-    if facet_labels is not None:
-        facets = [str(x) for x in (facet_labels.tolist() if hasattr(facet_labels, "tolist") else facet_labels)]
-        if len(facets) != F:
-            raise ValueError(f"{len(facets)} facet labels for {F} facets")
+    facets = _facet_labels(facet_labels, F)
     cgroups, rgroups = _check_groups(groups, C, "columns"), _check_groups(row_groups, R, "rows")
     scale = value_scale(z, vmin, vmax, center, cmap)
     payload: dict[str, Any] = {
@@ -1071,9 +1142,7 @@ def heatmap_view(
     m = None
     if marked is not None:
         m = np.asarray(marked.detach().cpu().numpy() if isinstance(marked, Tensor) else marked, dtype=bool)
-        if m.size != z.size:
-            raise ValueError(f"marked must have the values' shape {tuple(np.shape(values))}; got {tuple(m.shape)}")
-        m = m.reshape(z.shape)
+        m = _same_shape(m, z, "marked").reshape(z.shape)
         payload["marked"] = encode_array(np.flatnonzero(m), "i32")
     payload["note"] = note or (f"{R} {row_title} x {C} {col_title}" + (f" x {F} {facet_title or 'panels'}" if F > 1 else "")
                                + ". Hover a cell for its labels and value.")
@@ -1086,19 +1155,43 @@ def heatmap_view(
                     + (f", {facet_title} {facets[f]}" if facets else ""))
     return HeatmapView(title or "Heatmap", payload, description=desc,
                        fallback=_heatmap_fallback(z, rows or [str(row_start + i) for i in range(R)],
-                                                  cols or [str(col_start + i) for i in range(C)], cgroups, center,
-                                                  m, row_title, col_title, facets, facet_title))
+                                                  cols or [str(col_start + i) for i in range(C)], cgroups, scale,
+                                                  m, row_title, col_title, facets, facet_title, rgroups))
 
 
-def _heatmap_fallback(z: np.ndarray, rows, cols, groups, center, marked, row_title, col_title, facets, facet_title,
-                      max_facets: int = 4) -> str:
+def _same_shape(a: np.ndarray, z: np.ndarray, what: str) -> np.ndarray:
+    """`a` when its shape is exactly that of the values `z` (`[facet, ...]`), or `z`'s without its
+    facet axis when there is one facet (what the caller passed for un-faceted values); a
+    ValueError otherwise (a transposed array of the same size would mark the wrong cells)."""
+    if a.shape == z.shape or (z.shape[0] == 1 and a.shape == z.shape[1:]):
+        return a
+    want = tuple(z.shape[1:]) if z.shape[0] == 1 else tuple(z.shape)
+    raise ValueError(f"{what} must have the values' shape {want}; got {tuple(a.shape)}"
+                     + (" (transposed?)" if a.size == z.size else ""))
+
+
+def _facet_labels(labels, F: int) -> Optional[list[str]]:
+    """One string per facet (tensors and arrays through `.tolist()`, so `tensor([1, 2])` gives
+    '1', '2', not 'tensor(1)'), or None."""
+    if labels is None:
+        return None
+    facets = [str(x) for x in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+    if len(facets) != F:
+        raise ValueError(f"{len(facets)} facet labels for {F} facets; give one label per facet")
+    return facets
+
+
+def _heatmap_fallback(z: np.ndarray, rows, cols, groups, scale: dict, marked, row_title, col_title, facets, facet_title,
+                      row_groups=None, max_facets: int = 4) -> str:
     """Palette PNGs of the first `max_facets` panels (`reprs.heatmap`: a pixel per cell, colour
-    bar, group strip), the static preview of a `HeatmapView`."""
+    bar, group strips), the static preview of a `HeatmapView`, in the view's colour scale
+    (`scale`: vmin, vmax, colour map) so the preview's colours match the drawing's."""
     from avlens.viz.reprs import _CSS, esc, heatmap
 
-    parts = [heatmap(z[f], rows, row_title, groups, center=center, marked=None if marked is None else marked[f],
+    parts = [heatmap(z[f], rows, row_title, groups, marked=None if marked is None else marked[f],
                      col_title=col_title, col_labels=[cols[0], cols[-1]],
-                     caption=(f"{facet_title} {facets[f]}".strip() if facets else ""))
+                     caption=(f"{facet_title} {facets[f]}".strip() if facets else ""),
+                     vmin=scale["vmin"], vmax=scale["vmax"], cmap=scale["cmap"], row_groups=row_groups)
              for f in range(min(len(z), max_facets))]
     if len(z) > max_facets:
         parts.append(f"<div class='avl-n'>... {len(z) - max_facets} more {esc(facet_title or 'panels')} in the interactive view</div>")
@@ -1109,11 +1202,14 @@ _BARS_JS = _BANDS_JS + r"""
 var F=P.shape[0],n=P.shape[1],v=V.decode(P.values),lo=P.lo?V.decode(P.lo):null,hi=P.hi?V.decode(P.hi):null,tp=V.tip(root),B=P.bands;
 function lab(i){return P.labels[i];}
 if(B.names.length)V.chips(root,B.names,B.colors,B.letters);
-var a0=0,a1=0;[v,lo,hi].forEach(function(a){if(a)for(var i=0;i<a.length;i++)if(a[i]===a[i]){a0=Math.min(a0,a[i]);a1=Math.max(a1,a[i]);}});
-if(!(a1>a0))a1=a0+1;
+// the axis spans 0 and the finite values (an infinite value, e.g. a relative change from 0, would
+// make every bar NaN); infinite bars and whisker ends are drawn clipped at the axis's end
+var a0=0,a1=0,pinf=false,ninf=false;[v,lo,hi].forEach(function(a){if(a)for(var i=0;i<a.length;i++){var x=a[i];
+if(isFinite(x)){a0=Math.min(a0,x);a1=Math.max(a1,x);}else if(x===Infinity)pinf=true;else if(x===-Infinity)ninf=true;}});
+if(pinf&&!(a1>0))a1=(a1-a0)||1;if(ninf&&!(a0<0))a0=-((a1-a0)||1);if(!(a1>a0))a1=a0+1;
 var ctx0=document.createElement('canvas').getContext('2d'),maxW=F>1?430:900,pw=n>=maxW?maxW:n*Math.max(1,Math.min(48,Math.floor(maxW/n))),
 cw=pw/n,ph=170,lw=56,bh=B.cols?14:0,top=bh+8,bot=labelDepth(ctx0,n,pw,lab)+16;
-function Y(x){return top+(a1-x)/(a1-a0)*ph;}
+function Y(x){return top+(a1-Math.max(a0,Math.min(a1,x)))/(a1-a0)*ph;}
 var wrap=V.el('div',root);wrap.style.cssText='display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start';
 for(var f=0;f<F;f++){(function(f){
 var box=V.el('div',wrap);if(P.facets)V.el('div',box,'av-note',P.facets[f]);
@@ -1123,6 +1219,10 @@ g.font='10px ui-monospace,Menlo,monospace';g.textBaseline='middle';g.textAlign='
 g.fillStyle='#e5e7eb';g.fillRect(lw,top,1,ph);g.fillStyle='#9ca3af';g.fillRect(lw,Y(0),pw,1);
 for(var i=0;i<n;i++){var x=v[f*n+i];if(x!==x)continue;var y0=Y(0),y1=Y(x),gap=cw>=4?1:0;
 g.fillStyle=P.colors?P.colors[i]:(x>=0?'#2b6cb0':'#64748b');g.fillRect(lw+i*cw+gap/2,Math.min(y0,y1),Math.max(1,cw-gap),Math.max(1,Math.abs(y1-y0)));
+if(!isFinite(x)){var mx=lw+(i+0.5)*cw,up=x>0,hw=Math.max(3,Math.min(6,cw/2)),ty=up?top+1:top+ph-1;g.fillStyle='#111827';
+g.beginPath();g.moveTo(mx-hw,up?ty+hw:ty-hw);g.lineTo(mx+hw,up?ty+hw:ty-hw);g.lineTo(mx,ty);g.fill();
+var it=up?'inf':'-inf',tw=g.measureText(it).width+4,tx=Math.min(Math.max(mx,lw+tw/2),lw+pw-tw/2),yy=up?ty+hw+7:ty-hw-7;
+g.fillStyle='rgba(255,255,255,.9)';g.fillRect(tx-tw/2,yy-6,tw,12);g.fillStyle='#111827';g.textAlign='center';g.fillText(it,tx,yy);g.textAlign='right';}
 if(lo&&hi&&lo[f*n+i]===lo[f*n+i]){var cx=lw+(i+0.5)*cw,ya=Y(lo[f*n+i]),yb=Y(hi[f*n+i]),k=Math.min(6,cw/4);g.fillStyle='#111827';
 g.fillRect(cx-0.5,Math.min(ya,yb),1,Math.abs(yb-ya));g.fillRect(cx-k,ya-0.5,2*k,1);g.fillRect(cx-k,yb-0.5,2*k,1);}}
 axisLabels(g,n,pw,lw,top+ph,lab,n<=80&&cw>=9);
@@ -1184,11 +1284,7 @@ def bar_view(
     groups = _check_groups(groups, n, "bars")
     if bands and groups is None:
         raise ValueError("bands=True draws the groups' runs: pass groups= (one token group per bar)")
-    facets = None
-    if facet_labels is not None:
-        facets = [str(x) for x in facet_labels]
-        if len(facets) != F:
-            raise ValueError(f"{len(facets)} facet labels for {F} facets")
+    facets = _facet_labels(facet_labels, F)
     if (lo is None) != (hi is None):
         raise ValueError("give both lo= and hi= (the interval's ends), or neither")
     payload: dict[str, Any] = {
@@ -1199,14 +1295,16 @@ def bar_view(
         "note": note or "Hover a bar for its label and value.",
     }
     if lo is not None:
-        lo_a, hi_a = _as_numpy(lo, "lo").reshape(-1), _as_numpy(hi, "hi").reshape(-1)
-        if lo_a.size != z.size or hi_a.size != z.size:
-            raise ValueError(f"lo and hi must have the values' shape {tuple(np.shape(values))}")
-        payload["lo"], payload["hi"] = encode_array(lo_a.reshape(z.shape)), encode_array(hi_a.reshape(z.shape))
+        lo_a = _same_shape(_as_numpy(lo, "lo"), z, "lo").reshape(z.shape)
+        hi_a = _same_shape(_as_numpy(hi, "hi"), z, "hi").reshape(z.shape)
+        payload["lo"], payload["hi"] = encode_array(lo_a), encode_array(hi_a)
     finite = z[np.isfinite(z)]
     desc = [f"{n} bars" + (f" x {F} panels" if F > 1 else "")]
     if finite.size:
         desc.append(f"{value_label}: min {finite.min():.4g}, max {finite.max():.4g}")
+    n_inf = int(np.isinf(z).sum())
+    if n_inf:
+        desc.append(f"{n_inf} infinite value{'s' if n_inf > 1 else ''}: drawn to the end of the axis, marked inf / -inf")
     return BarView(title or "Bars", payload, description=desc, fallback=_bars_fallback(z, labels, groups, facets))
 
 
