@@ -434,6 +434,65 @@ def test_notebook_outputs_of_the_same_view_twice_both_render(chromium, toy, tmp_
         opened.close()
 
 
+@browser
+def test_bar_view_with_infinite_values_draws_its_bars(chromium, tmp_path):
+    """A knockout's relative change from a base of 0 is inf. The bar view builds its axis from the
+    finite values, so every bar is drawn (an axis reaching Infinity made every bar's height NaN:
+    nothing drawn), the infinite ones to the axis's ends, measured in each bar's colour."""
+    from avlens.viz import bar_view
+
+    view = bar_view([1.0, float("inf"), 2.0, float("-inf")], ["a", "b", "c", "d"], groups=["text", "video", "audio", "special"])
+    opened = B.open_page(chromium, view.save(tmp_path / "inf.html").as_uri())
+    try:
+        check_page(opened, min_views=1)
+        heights = opened.page.evaluate("""(colors) => {
+            const cv = document.querySelector('.avlens-bars canvas'), g = cv.getContext('2d');
+            const d = g.getImageData(0, 0, cv.width, cv.height).data, hex = c => [1, 3, 5].map(i => parseInt(c.slice(i, i + 2), 16));
+            // the tallest run of each bar's colour over the canvas's columns
+            return colors.map(c => { const [r, gg, b] = hex(c); let best = 0;
+              for (let x = 0; x < cv.width; x++) { let n = 0;
+                for (let y = 0; y < cv.height; y++) { const k = 4 * (y * cv.width + x);
+                  if (d[k] === r && d[k + 1] === gg && d[k + 2] === b) n++; }
+                best = Math.max(best, n); }
+              return best; }); }""", view.payload["colors"])
+        one, inf, two, ninf = heights
+        assert min(heights) > 0, f"bars not drawn (pixel heights {heights})"
+        # the axis runs -2 .. 2 (2, the largest finite |value|, mirrored for -inf): 1 is half as
+        # tall as 2, and the infinite bars reach the axis's ends (at their edge, beside the marker)
+        assert abs(two - 2 * one) <= 2 and abs(inf - two) <= 2 and abs(ninf - two) <= 2, heights
+    finally:
+        opened.close()
+
+
+@browser
+def test_a_view_whose_drawing_throws_keeps_its_static_preview(chromium, tmp_path):
+    """The preview is removed only after the drawing code has finished: a script error leaves it
+    (and nothing half drawn) on the page, and the error is reported."""
+    from avlens.viz import View, heatmap_view
+
+    class Broken(View):
+        kind = "heatmap"
+        render_js = "V.el('div',root,'av-half','half drawn');throw new Error('avlens-test-broken');"
+
+    good = heatmap_view(torch.rand(3, 4))
+    broken = Broken("broken", {}, fallback=good.fallback)
+    path = tmp_path / "broken.html"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{broken._repr_html_()}"
+                    f"{good._repr_html_()}</body></html>", encoding="utf-8")
+    opened = B.open_page(chromium, path.as_uri())
+    try:
+        assert any("avlens-test-broken" in e for e in opened.errors), opened.errors
+        views = opened.page.locator(".avlens-view")
+        fb = views.nth(0).locator(".av-fallback")
+        assert fb.count() == 1 and fb.is_visible() and "did not run" in fb.inner_text()
+        assert views.nth(0).locator(".av-half").count() == 0, "the half-drawn part stays"
+        assert fb.locator("img").evaluate("i => i.complete && i.naturalWidth > 0")
+        assert views.nth(1).locator(".av-fallback").count() == 0  # the working view replaced its preview
+        check_view(views.nth(1))
+    finally:
+        opened.close()
+
+
 # ================================================================================ hostile token text
 
 
