@@ -3,9 +3,11 @@
 myst-nb executes notebooks in a kernel that inherits this process's environment. Two things in
 the notebooks' outputs would otherwise break the offline site:
 
-- **Plotly figures** (the results' `.plot()`). Under a headless kernel plotly's default renderer
-  emits only its JSON mime type, which a static page cannot show; its "notebook" renderer emits
-  HTML but loads MathJax from a CDN in every figure, and "connected" loads plotly.js from a CDN.
+- **Plotly figures** (a result's `.plot(backend="plotly")`; the default `.plot()` is an avlens
+  view, self-contained HTML that needs none of this). Under a headless kernel plotly's default
+  renderer emits only its JSON mime type, which a static page cannot show; its "notebook"
+  renderer emits HTML but loads MathJax from a CDN in every figure, and "connected" loads
+  plotly.js from a CDN.
   So the kernel gets an IPython start-up file (through `IPYTHONDIR`) that registers a renderer
   writing each figure as an HTML fragment without plotly.js or MathJax, and every page holding a
   figure gets plotly.js as one local static file (`_static/plotly.min.js`, written from the
