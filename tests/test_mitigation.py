@@ -200,10 +200,12 @@ def test_avcd_combination_cutoff_and_entropy_gate_hand_computed():
 
 
 def test_avcd_masks_the_most_attended_tokens_of_the_other_modalities(toy, prompt):
-    """The official selection (kaistmm/AVCD qwen.py), recomputed with loops from the cached patterns:
-    layers 0..L-2; dominance = layer mean of head-mean attention per token of each modality (text =
-    after the media); threshold = head mean of the median over keys of the layer-mean attention; a
-    token of a masked modality is masked in layer l, head h when its attention there exceeds it."""
+    """The official selection (kaistmm/AVCD qwen.py), recomputed with loops: from the original
+    run's cached patterns, layers 0..L-2, dominance = layer mean of head-mean attention per token of
+    each modality (text = every position after the media), threshold = head mean of the median over
+    keys of the layer-mean attention; then each perturbed branch, re-run with its own hooks and a
+    hook that records its scores before the edit, masks in layer l, head h the plan's tokens whose
+    last-query attention in that (already masked) forward exceeds the threshold."""
     import statistics
 
     from avlens.mitigation.baselines import AVCD
@@ -218,7 +220,7 @@ def test_avcd_masks_the_most_attended_tokens_of_the_other_modalities(toy, prompt
     lay = batch.layout
     labels = lay.labels(0)
     last_media = max(k for k in range(n) if labels[k] in ("audio", "video"))
-    pos = {"text": [k for k in range(n) if labels[k] == "text" and k > last_media],
+    pos = {"text": [k for k in range(n) if k > last_media and labels[k] != "pad"],
            "video": [k for k in range(n) if labels[k] == "video"], "audio": [k for k in range(n) if labels[k] == "audio"]}
     dom_score = {m: sum(sum(sum(A[l][h][k] for h in range(H)) / H for k in p) / len(p) for l in range(len(layers))) / len(layers)
                  for m, p in pos.items()}
@@ -234,9 +236,21 @@ def test_avcd_masks_the_most_attended_tokens_of_the_other_modalities(toy, prompt
     n_masked = 0
     for i, mods in enumerate(plan):
         assert sorted(run.key_masks[i]) == layers  # the last layer is never masked
-        for j, l in enumerate(layers):
+        # the branch's own forward: record each layer's scores before its edit (a hook added first)
+        seen = {}
+
+        def recorder(l):
+            def hook(x, hook):
+                seen[l] = x[0, :, -1].clone()  # [head, key], before the branch's edit
+            return hook
+
+        rec = [(f"blocks.{l}.attn.hook_attn_scores", recorder(l)) for l in layers]
+        toy.run_with_hooks(batch, fwd_hooks=rec + list(run.branches[i + 1].hooks))
+        for l in layers:
             for h in range(H):
-                want = {k for m in mods for k in pos[m] if A[j][h][k] > thr}
+                e = [math.exp(float(v)) for v in seen[l][h] - seen[l][h].max()]
+                own = [x / sum(e) for x in e]
+                want = {k for m in mods for k in pos[m] if own[k] > thr}
                 got = set(run.key_masks[i][l][0, h].nonzero().flatten().tolist())
                 assert got == want, (i, l, h)
                 n_masked += len(want)
@@ -589,3 +603,16 @@ def test_var_hooks_on_the_toy_equal_loops_over_the_cached_unsteered_pattern(toy,
         torch.testing.assert_close(got["p"][0].double(), ref, rtol=1e-5, atol=1e-6)
         checked += int(not torch.allclose(ref, clean[names[l]][0].double()))
     assert checked > 0
+
+
+def test_avcd_threshold_leaves_padding_keys_out():
+    """Median over the real keys only (a left-padded sample's pad keys would pull it down)."""
+    from avlens.mitigation.baselines import avcd_selection
+
+    attn = torch.tensor([[[[0.0, 0.0, 0.1, 0.2, 0.7]]]])  # [layer 1, b 1, head 1, k 5]; keys 0-1 are padding
+    groups = {m: torch.tensor([[False, False, m == "text", m == "video", m == "audio"]]) for m in ("text", "video", "audio")}
+    valid = torch.tensor([[False, False, True, True, True]])
+    dom, thr = avcd_selection(attn, groups, 0.5, valid)
+    assert dom == ["audio"] and abs(float(thr[0]) - 0.2) < 1e-7  # median of (0.1, 0.2, 0.7)
+    _, thr_all = avcd_selection(attn, groups, 0.5)
+    assert abs(float(thr_all[0]) - 0.1) < 1e-7  # with the pads: median of (0, 0, 0.1, 0.2, 0.7)

@@ -242,24 +242,26 @@ def avcd_contrast(z: Tensor, z1: Tensor, z2: Tensor, z3: Tensor, alpha: float = 
 
 
 def avcd_text_mask(layout) -> Tensor:
-    """`[b, n]`: the text after the last media token (the official code's "language" span: the
-    prompt after the video and audio tokens, system text excluded)."""
+    """`[b, n]`: every real position after the last media token (the official code's "language"
+    span `[2186:]`: the prompt after the video and audio tokens, their end markers included;
+    system text before the media excluded)."""
     media = layout.mask("audio") | layout.mask("video") | layout.mask("image")
     pos = torch.arange(media.shape[1], device=media.device)
     last = torch.where(media, pos, torch.full_like(pos, -1)).amax(1)
-    return layout.mask("text") & (pos[None, :] > last[:, None])
+    return (pos[None, :] > last[:, None]) & ~layout.mask("pad")
 
 
-def avcd_selection(attn: Tensor, groups: dict, quantile: float = 0.5) -> tuple[list[str], Tensor, Tensor]:
+def avcd_selection(attn: Tensor, groups: dict, quantile: float = 0.5, valid: Optional[Tensor] = None) -> tuple[list[str], Tensor]:
     """The official selection (kaistmm/AVCD `videollama2/model/qwen.py`), from the original branch's
     last-query attention `attn [layer, b, head, k]` over the prefill, in the layers used (all but
     the last, by default) and bool token masks `groups[m] [b, k]` for m in text / video / audio:
 
     * dominant modality: the largest layer-mean of (head-mean attention summed over m's tokens / n_m);
-    * threshold per sample: the head-mean of the `quantile` (median) over all keys of the layer-mean attention;
-    * "highly attended" `[layer, b, head, k]`: tokens whose attention in that layer and head exceeds the threshold.
+    * threshold per sample: the head-mean of the `quantile` (median) over the keys of the layer-mean
+      attention (`valid [b, k]`: the real keys; padding is left out).
 
-    Returns (dominant per sample, threshold `[b]`, highly attended)."""
+    Returns (dominant per sample, threshold `[b]`). Which tokens a perturbed branch masks is decided
+    in that branch, from its own attention (`_AVCDRun.mask_scores`)."""
     dominant = []
     head_mean = attn.float().mean(2)  # [l, b, k]
     for b in range(attn.shape[1]):
@@ -270,19 +272,24 @@ def avcd_selection(attn: Tensor, groups: dict, quantile: float = 0.5) -> tuple[l
                 raise NothingToSteer(f"AVCD needs text, video and audio tokens in every sample; sample {b} has no {m} tokens")
             per[m] = float((head_mean[:, b] * g).sum(-1).mean() / g.sum())
         dominant.append(max(AVCD_MODALITIES, key=lambda m: per[m]))
-    thr = torch.quantile(attn.float().mean(0), quantile, dim=-1).mean(-1)  # [b]
-    return dominant, thr, attn.float() > thr[None, :, None, None]
+    mean = attn.float().mean(0)  # [b, h, k]
+    if valid is not None:
+        mean = mean.masked_fill(~valid[:, None, :].to(mean.device), float("nan"))
+    thr = torch.nanquantile(mean, quantile, dim=-1).mean(-1)  # [b]
+    return dominant, thr
 
 
 class _AVCDRun(MethodRun):
-    def __init__(self, method: "AVCD", groups: dict, layers: list[int]):
+    def __init__(self, method: "AVCD", groups: dict, layers: list[int], valid: Tensor):
         super().__init__([])
-        self.m, self.groups, self.layers = method, groups, list(layers)
+        self.m, self.groups, self.layers, self.valid = method, groups, list(layers), valid
         self.acc: dict[int, Tensor] = {}
         self.dominant: Optional[list[str]] = None
         self.threshold: Optional[Tensor] = None
-        # per perturbed branch: {layer: [b, head, n_prompt] bool}, the keys masked in that layer and head
-        self.key_masks: list[Optional[dict[int, Tensor]]] = [None, None, None]
+        # per perturbed branch: the prompt tokens its plan may mask `[b, n_prompt]`, and, filled in
+        # by its own prefill, {layer: [b, head, n_prompt] bool} the keys masked in that layer and head
+        self.allowed: list[Optional[Tensor]] = [None, None, None]
+        self.key_masks: list[dict[int, Tensor]] = [{}, {}, {}]
 
     def record(self, pattern: Tensor, layer: int) -> None:
         if self.dominant is not None:  # the prefill decided; decoding steps leave it alone
@@ -291,23 +298,30 @@ class _AVCDRun(MethodRun):
         if len(self.acc) == len(self.layers):
             attn = torch.stack([self.acc[l] for l in self.layers])  # [l, b, h, k]
             groups = {m: g.to(attn.device) for m, g in self.groups.items()}
-            self.dominant, self.threshold, high = avcd_selection(attn, groups, self.m.quantile)
+            self.dominant, self.threshold = avcd_selection(attn, groups, self.m.quantile, self.valid)
             for i in range(3):
                 allowed = torch.zeros_like(groups["text"])
                 for b, d in enumerate(self.dominant):
                     for m in AVCD_PLAN[d][i]:
                         allowed[b] |= groups[m][b]
-                self.key_masks[i] = {l: high[j] & allowed[:, None, :] for j, l in enumerate(self.layers)}
+                self.allowed[i] = allowed
             self.acc = {}
 
     def mask_scores(self, i: int, layer: int, scores: Tensor) -> Tensor:
-        masks = self.key_masks[i]
-        if masks is None:
-            raise RuntimeError("AVCD's masked branch ran before the original branch's prefill chose the tokens")
-        km = masks.get(layer)
-        if km is None:  # a layer the official code leaves unmasked (the last)
-            return scores
+        """Branch i's edit of layer `layer`'s scores. At its prefill, as the official code does in
+        each masked forward, the branch's own last-query attention in this layer (before the edit;
+        earlier layers already masked) picks, per head, the plan's tokens above the original
+        branch's threshold; those keys are then masked for every query but their own, at the
+        prefill and every decoding step."""
+        if self.allowed[i] is None:
+            raise RuntimeError("AVCD's masked branch ran before the original branch's prefill chose the modality")
         n_q, n_k = scores.shape[-2], scores.shape[-1]
+        km = self.key_masks[i].get(layer)
+        if km is None:
+            n = self.allowed[i].shape[-1]
+            own = torch.softmax(scores[..., -1, :n].float(), -1)  # [b, h, n] (the prefill: n_k == n)
+            km = (own > self.threshold.to(own.device)[:, None, None]) & self.allowed[i].to(own.device)[:, None, :]
+            self.key_masks[i][layer] = km
         km = km.to(scores.device)
         if km.shape[-1] < n_k:
             km = torch.cat([km, km.new_zeros(*km.shape[:-1], n_k - km.shape[-1])], -1)
@@ -326,9 +340,11 @@ class AVCD(Method):
     official code `kaistmm/AVCD`: `videollama2/__init__.py` (the loop) and `videollama2/model/qwen.py`
     (selection and masks)). From the original branch's per-head last-query attention in the prefill,
     in every layer but the last (`layers`), `avcd_selection` picks the dominant modality among text
-    (after the media), video and audio and a threshold (head-mean of the median over keys of the
-    layer-mean attention); three perturbed branches mask, in each of those layers and heads, the
-    tokens of other modalities whose attention there exceeds the threshold, by the official plan
+    (every position after the media), video and audio and a threshold (head-mean of the median over
+    the real keys of the layer-mean attention); three perturbed branches mask, in each of those
+    layers and heads, the tokens of other modalities whose attention *in that branch's own forward*
+    (earlier layers already masked, as the released code computes `query_sum` from the masked
+    forward's `attn_weight`) exceeds the threshold, by the official plan
     `AVCD_PLAN` (z1: both others, z2 and z3: one each); each step combines them with `avcd_contrast`
     (alpha 0.5, cutoff beta 0.2, entropy gate 0.6). Four branches, each with its own KV cache.
 
@@ -381,7 +397,7 @@ class AVCD(Method):
         bad = [l for l in layers if not 0 <= l < L]
         if not layers or bad:
             raise ValueError(f"AVCD layers must be a non-empty subset of 0..{L - 1}; got {self.layers}")
-        run = _AVCDRun(self, groups, layers)
+        run = _AVCDRun(self, groups, layers, ~lay.mask("pad"))
 
         def rec(l):
             return lambda pattern, hook: run.record(pattern, l)
