@@ -461,12 +461,20 @@ def test_generate_with_a_method_equals_decode_and_composes_with_hooks(toy, promp
         torch.testing.assert_close(out.logits, ref.scores)
         assert out.method_output.n_branches == ref.n_branches
         assert out.sequences.shape[1] == prompt.build(toy).shape[1] + out.tokens.shape[1]
-    # extra hooks fire on every branch's forwards, and nothing stays registered
+    # extra hooks fire on every branch of the prompt's shape, each on its own rows, not in the setup;
+    # nothing stays registered
     calls = []
     toy.generate(prompt, max_new_tokens=3, method=VCD(),
                  fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: calls.append(x.shape[0]))])
-    assert len(calls) == 2 + 2  # prefill of each of the 2 branches, then 2 stacked steps
-    assert calls[-1] == 2  # a stacked step carries both branches' rows
+    assert calls == [1] * (2 + 2 * 2)  # each of the 2 branches: its prefill, then its rows of 2 stacked steps
+    calls.clear()
+    steered = toy.generate(prompt, max_new_tokens=2, method=SinkSteering(sinks=TOY_SINKS),
+                           fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: calls.append(x.shape[1]))])
+    assert calls == [prompt.build(toy).shape[1], 1]  # the sink detection's forwards are not hooked
+    # a per-sample hook built for the prompt composes with a multi-branch method
+    batch = prompt.build(toy)
+    with_boost = toy.generate(prompt, max_new_tokens=2, method=VCD(), fwd_hooks=steer.fwd_hooks(toy, batch))
+    assert with_boost.tokens.shape == (1, 2) and steered.tokens.shape == (1, 2)
     assert not any(hp.fwd_hooks for hp in toy.hook_dict.values())
     with pytest.raises(ValueError, match="greedily"):
         toy.generate(prompt, max_new_tokens=2, method=steer, do_sample=True)

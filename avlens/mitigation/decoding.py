@@ -5,8 +5,9 @@ logits at every step. Greedy, like the published baselines.
     out = decode(model, prompt, SinkSteering(...), max_new_tokens=16, eos_token_id=...)
     out.tokens, out.scores, out.seconds, out.setup_seconds
 
-`model.generate` is untouched: single-branch hook methods also give their hooks for it
-(`SinkSteering.fwd_hooks(model, batch)`), so `model.generate(batch, fwd_hooks=...)` steers too.
+`model.generate(prompt, method=...)` decodes through this loop; single-branch hook methods also
+give their hooks on their own (`SinkSteering.fwd_hooks`, `VAR.fwd_hooks`, `PAI.fwd_hooks`), so
+`model.generate(batch, fwd_hooks=...)` steers too.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def _stack_groups(branches: Sequence[Branch], stack: bool) -> list[list[int]]:
 @torch.no_grad()
 def decode(model, prompt: Union[AVPrompt, AVBatch], method: Optional[Method] = None, max_new_tokens: int = 16,
            eos_token_id: Optional[Union[int, Sequence[int]]] = None, pad_token_id: Optional[int] = None,
-           stack_branches: bool = True) -> DecodeOutput:
+           stack_branches: bool = True, fwd_hooks: Sequence = ()) -> DecodeOutput:
     """Greedy decoding with `method` (default `Plain()`), every branch on its own KV cache, one
     loop. With `max_new_tokens=1` it is the method's single forward (yes/no scoring reads
     `out.scores[:, 0]`).
@@ -252,7 +253,12 @@ def decode(model, prompt: Union[AVPrompt, AVBatch], method: Optional[Method] = N
     hooks wrapped to see and edit only its own rows (`hook.layout` is the stacked layout). The
     tokens and scores equal the branch-by-branch loop (`stack_branches=False`) up to float rounding
     of the batched matmuls; the per-token cost of a k-branch method drops from about k forwards to
-    about one batched forward."""
+    about one batched forward.
+
+    `fwd_hooks`: extra hooks added to every branch whose prompt has the prompt's shape (the
+    prompt itself and its same-length variants: steered, noised, masked; not PAI's shorter
+    media-free prompt), seeing only that branch's rows; they are not active during the method's
+    setup (sink detection, MAD's self-assessment)."""
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     method = method or Plain()
@@ -265,6 +271,10 @@ def decode(model, prompt: Union[AVPrompt, AVBatch], method: Optional[Method] = N
     t0 = time.perf_counter()
     run = method.start(model, p, batch)
     setup = time.perf_counter() - t0
+    if fwd_hooks:
+        for br in run.branches:
+            if tuple(br.batch.shape) == tuple(batch.shape):
+                br.hooks = list(br.hooks) + list(fwd_hooks)
     eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
     eos_t = torch.tensor(sorted(eos), device=model.W_E.device) if eos else None
     if pad_token_id is None:

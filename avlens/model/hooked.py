@@ -674,8 +674,9 @@ class HookedAVTransformer(HookedRootModule):
         `method`: a decoding-time intervention from `avlens.mitigation` (`SinkSteering`,
         `AdaptiveGuidance`, `VAR`, `PAI`, `VCD`, `AVCD`, `MAD`, ...): decoding goes through
         `avlens.mitigation.decode` (greedy, every branch on its own KV cache); `logits` are the
-        method's combined scores, `method_output` the full `DecodeOutput`; `fwd_hooks` are active on
-        every branch's forwards. Methods that rebuild the prompt (`MAD`, `PAI`) need `input` to be
+        method's combined scores, `method_output` the full `DecodeOutput`; `fwd_hooks` are added to
+        every branch of the prompt's shape, each seeing only its own rows (not during the method's
+        setup). Methods that rebuild the prompt (`MAD`, `PAI`) need `input` to be
         an `avlens.mitigation.AVPrompt`.
         """
         if max_new_tokens < 1:
@@ -685,8 +686,7 @@ class HookedAVTransformer(HookedRootModule):
                 raise ValueError("generate(method=...) decodes greedily, as the published methods do; drop do_sample=True")
             from avlens.mitigation.decoding import decode
 
-            with self.hooks(fwd_hooks=list(fwd_hooks)):
-                out = decode(self, input, method, max_new_tokens, eos_token_id, pad_token_id)
+            out = decode(self, input, method, max_new_tokens, eos_token_id, pad_token_id, fwd_hooks=list(fwd_hooks))
             prompt_batch = out.run.branches[0].batch if out.run is not None and out.run.branches else self._to_batch(input)
             ids = prompt_batch.input_ids
             seq = torch.cat([ids.to(out.tokens.device), out.tokens], 1) if ids is not None else None
