@@ -9,8 +9,8 @@ bootstrap confidence intervals and the per-token latency relative to plain decod
 Every method decodes greedily from the same prompts (`decode`); yes/no probes are scored by the
 AVHBench parsers (`parser`, default MAD's): accuracy, yes-ratio and F1 all from the records and the
 correctness rule of that parser's script (`judge_avhbench`), captions by CHAIR. Where a method has nothing to edit
-on a sample (it raises ValueError, e.g. no cross-modal sink), that sample is decoded plainly and
-counted in `n_not_applied`. A method that cannot run on the model at all (`NotApplicable`, e.g. MAD
+on a sample (it raises `NothingToSteer`, e.g. no cross-modal sink), that sample is decoded plainly
+and counted in `n_not_applied`; any other error propagates. A method that cannot run on the model at all (`NotApplicable`, e.g. MAD
 without the audio / video / both words) gets a row with empty metrics and its reason in
 `not_applicable`. A sample whose media cannot be read is
 recorded in `res.skipped` and left out for every method.
