@@ -925,6 +925,15 @@ def hallucination(out: str, n_clips: int, seed: int, methods: Optional[str], par
         if dtype not in ("float32", "bfloat16", "float16"):
             raise SystemExit(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
         model = HookedAVTransformer.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        if not hasattr(model, "prepare_media"):
+            raise SystemExit(
+                f"avlens hallucination --model {model_path}: the {type(model).__name__} family cannot build prompts from "
+                "raw media files (only families with model.prepare_media, the Qwen-Omni ones, can), so this command "
+                "cannot run it (nor evaluate_folder(model, root, prompt=..., media=...), which builds its prompts the "
+                "same way). From Python, prepare the batches with the family's own processor and model.prepare(...), "
+                "decode them with avlens.mitigation.decode(model, batch, method) (methods that rebuild the prompt "
+                "from raw media need prepare_media too) and score the predictions with "
+                "avlens.analysis.hallucination.score_avhbench.")
         if getattr(model, "tokenizer", None) is None:
             raise SystemExit(f"{model_path} has no tokenizer files; the methods decode text, so the folder needs them")
     chosen = {m: all_methods[m] for m in names}

@@ -29,16 +29,22 @@ one-token answer (yes/no) is the original model's: set `warmup_steps=0` to guide
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avlens.mitigation.baselines import _check_number
 from avlens.mitigation.decoding import Branch, Method, MethodRun
 from avlens.mitigation.steering import SinkSteering, _last_media, _pad_keys, guidance_band, steering_sinks
 
 __all__ = ["guidance_target", "AdaptiveGuidance"]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def guidance_target(cross: Tensor, uni: Tensor, tm: Tensor, base_strength: float = 0.5, cap: float = 0.6, tm_lo: float = 0.4,
@@ -114,16 +120,26 @@ class AdaptiveGuidance(Method):
                  variant: str = "complex", gate_tm: float = 0.5, warmup_steps: int = 1, band: tuple = (18, 25, 28)):
         if variant not in ("complex", "gated"):
             raise ValueError(f"variant must be 'complex' or 'gated', got {variant!r}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1) (the official value is 0.5), got {momentum}")
-        if base_strength < 0 or cap < 0:
-            raise ValueError(f"base_strength and cap must be >= 0 (official: 0.5 and 0.6), got {base_strength} and {cap}")
-        if tm_width <= 0 or w_threshold <= 0:
-            raise ValueError(f"tm_width and w_threshold must be > 0 (official: 0.2 and 0.6), got {tm_width} and {w_threshold}")
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0 (official: 1), got {warmup_steps}")
-        if len(band) != 3 or not 0 <= band[0] <= band[1] < band[2]:
-            raise ValueError(f"band must be (lo, hi, of) with 0 <= lo <= hi < of (the paper: (18, 25, 28)), got {band}")
+        if not (_finite(momentum) and 0 <= momentum < 1):
+            raise ValueError(f"AdaptiveGuidance momentum (s_t = momentum s_(t-1) + (1 - momentum) target) must be a finite "
+                             f"number in [0, 1) (the official value is 0.5), got {momentum!r}")
+        A = "AdaptiveGuidance"
+        _check_number(A, "base_strength", base_strength, 0.5, what="the target strength before the cap: base_strength w")
+        _check_number(A, "cap", cap, 0.6, what="the largest target strength")
+        _check_number(A, "tm_lo", tm_lo, 0.4, hi=1.0, what="the text-attention mass where the cosine decay starts")
+        _check_number(A, "tm_width", tm_width, 0.2, lo_open=True, what="the text-mass width of the cosine decay")
+        _check_number(A, "w_threshold", w_threshold, 0.6, hi=1.0, lo_open=True,
+                      what="the share w below which the target is scaled by (w / w_threshold)^2 (gated: set to 0)")
+        _check_number(A, "gate_tm", gate_tm, 0.5, hi=1.0, what="gated variant: no guidance where the text mass exceeds it")
+        if not (isinstance(warmup_steps, numbers.Integral) and not isinstance(warmup_steps, bool) and warmup_steps >= 0):
+            raise ValueError(f"AdaptiveGuidance warmup_steps (decoding steps at strength 0 before guidance starts) must "
+                             f"be an integer >= 0 (official: 1), got {warmup_steps!r}")
+        if steering is not None and not isinstance(steering, SinkSteering):
+            raise ValueError(f"AdaptiveGuidance steering must be a SinkSteering (the paper's default: SinkSteering(), "
+                             f"alpha 0.2 on the cross-modal sinks) or None, got {steering!r}")
+        if not (isinstance(band, (tuple, list)) and len(band) == 3 and all(
+                isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in band)) or not 0 <= band[0] <= band[1] < band[2]:
+            raise ValueError(f"AdaptiveGuidance band must be integers (lo, hi, of) with 0 <= lo <= hi < of (the paper: (18, 25, 28)), got {band}")
         self.steering = steering or SinkSteering()
         self.base_strength, self.cap, self.tm_lo, self.tm_width = base_strength, cap, tm_lo, tm_width
         self.w_threshold, self.momentum, self.variant, self.gate_tm = w_threshold, momentum, variant, gate_tm

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -27,6 +29,9 @@ from avlens.mitigation.decoding import Branch, Method, MethodRun, NothingToSteer
 
 __all__ = ["SinkConfig", "SteeringSinks", "steering_sinks", "boost_scores", "boost_layers", "guidance_band",
            "query_mask", "SinkSteering", "redistribute_pattern", "VAR"]
+
+
+_LOADED = False  # set at the end of the module
 
 
 def boost_layers(n_layers: int, after: int = 5, of: int = 28) -> list[int]:
@@ -53,6 +58,24 @@ class SinkConfig:
     eps: float = 0.3
     dims: Optional[Sequence[int]] = None
 
+    def __post_init__(self):
+        if not _LOADED:  # the published defaults built as default arguments while this module loads
+            return  # (the checks live in baselines, which imports this module)
+        from avlens.mitigation.baselines import _check_int, _check_number
+
+        if self.definition not in ("hidden", "attention"):
+            raise ValueError(f"SinkConfig definition must be 'hidden' (massive activations, tau) or 'attention' (eps); "
+                             f"the paper's default is 'hidden', got {self.definition!r}")
+        _check_int("SinkConfig", "N", self.N, 3, lo=1, what="global sinks: the most frequent floor(|T| / N) per-layer sinks")
+        _check_number("SinkConfig", "tau", self.tau, "25.0 (VAR's: 20)", lo=0.0, lo_open=True,
+                      what="the hidden-state threshold on max |x_hat_d| over the sink dims")
+        _check_number("SinkConfig", "eps", self.eps, 0.3, lo=0.0, hi=1.0, lo_open=True,
+                      what="the attention threshold: a sink receives > eps of the later queries' attention in some head")
+        if self.dims is not None and (isinstance(self.dims, (str, bytes)) or not all(
+                isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in self.dims)):
+            raise ValueError(f"SinkConfig dims must be None (discovered, the default) or a sequence of hidden-state "
+                             f"dimensions (integers >= 0; [] skips the hidden-state definition), got {self.dims!r}")
+
 
 @dataclass
 class SteeringSinks:
@@ -76,12 +99,21 @@ class SteeringSinks:
 def steering_sinks(model, batch, config: SinkConfig = SinkConfig()) -> SteeringSinks:
     """Global sinks (N = 3) of each media modality, split into cross-modal and unimodal at the median
     of their layer-averaged modality dominance score (`cross_modal_split`): for the video sinks the
-    most video-attended half is unimodal, for the audio sinks the most audio-attended half."""
+    most video-attended half is unimodal, for the audio sinks the most audio-attended half.
+
+    One sample without global sinks gets empty lists (`SinkSteering` then raises); in a batch of
+    several, every sample needs global sinks (their dominance is scored together): samples without
+    any raise `NothingToSteer` naming them."""
     batch = model._to_batch(batch)
     rep = find_sinks(model, batch, dims=config.dims, tau=config.tau, eps=config.eps) if config.dims is not None \
         else find_sinks(model, batch, tau=config.tau, eps=config.eps)
     sinks = rep.global_sinks(config.N, definition=config.definition)
     per_sample = [sinks] if batch.batch_size == 1 else sinks
+    bad = [s for s, ps in enumerate(per_sample) if not ps]
+    if bad and batch.batch_size > 1:
+        raise NothingToSteer(f"samples {bad} of this batch of {batch.batch_size} have no global sinks (SinkConfig {config}), "
+                             "so no cross-modal or unimodal sinks to steer toward. Use a looser sink definition (e.g. "
+                             "SinkConfig('attention', eps=0.1, dims=[])), or decode those samples without steering.")
     labels = [batch.layout.labels(s) for s in range(batch.batch_size)]
     cross = {"audio": [], "video": []}
     uni = {"audio": [], "video": []}
@@ -182,10 +214,18 @@ class SinkSteering(Method):
     name = "sink_steering"
 
     def __init__(self, alpha: float = 0.2, sinks: SinkConfig = SinkConfig(), after: int = 5, of: int = 28, target: str = "cross"):
+        from avlens.mitigation.baselines import _check_int, _check_number
+
         if target not in ("cross", "unimodal"):
             raise ValueError(f"target must be 'cross' or 'unimodal', got {target!r}")
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0 (s += alpha |s| boosts; a negative alpha suppresses); the paper's is 0.2, got {alpha}")
+        if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha < 0:
+            raise ValueError(f"SinkSteering alpha must be >= 0 (s += alpha |s| boosts; a negative alpha suppresses); the paper's is 0.2, got {alpha}")
+        _check_number("SinkSteering", "alpha", alpha, 0.2, what="the boost s += alpha |s| on the sink keys; 0 = none")
+        if not isinstance(sinks, SinkConfig):
+            raise ValueError(f"SinkSteering sinks must be a SinkConfig (the paper's default: SinkConfig(), global sinks "
+                             f"with N = 3), got {sinks!r}")
+        _check_int("SinkSteering", "after", after, 5, what="layers l > round(after L / of) are steered")
+        _check_int("SinkSteering", "of", of, 28, lo=1, what="the depth `after` refers to")
         if not 0 <= after < of:
             raise ValueError(f"after / of must satisfy 0 <= after < of (the paper: layers > 5 of 28); got {after} / {of}")
         self.alpha, self.sinks, self.after, self.of, self.target = alpha, sinks, after, of, target
@@ -265,9 +305,10 @@ class VAR(Method):
     (`find_sinks`, any group, as VAR marks them per layer). Defaults: p = 0.6, rho = 0.5, media share
     0.2, sink threshold tau = 20 (VAR's published values; the paper's own sinks use tau = 25).
 
-    Never a silent no-op: a prompt without media or without sinks raises `NothingToSteer` before
-    decoding, and a decode in which no attention row qualified for redistribution (prefill and
-    steps) raises it at the end (`compare_methods` then decodes that prompt plainly and counts it)."""
+    Never a silent no-op, per sample: a batch with a sample without media or without sinks raises
+    `NothingToSteer` before decoding, and a decode in which no attention row of some sample
+    qualified for redistribution (prefill and steps) raises it at the end, naming those samples
+    (`compare_methods` then decodes that prompt plainly and counts it)."""
 
     name = "var"
 
@@ -282,7 +323,9 @@ class VAR(Method):
 
     def fwd_hooks(self, model, batch, edited: Optional[list] = None) -> list:
         """The redistribution hooks (for `model.generate(batch, fwd_hooks=...)` too). `edited`, if
-        given, collects per call the number of rows the edit changed."""
+        given, collects per hooked call a `[b]` tensor: the attention rows (heads x queries) the
+        edit changed in each sample. Raises `NothingToSteer` naming the samples without media
+        tokens or without sinks in the edited layers."""
         batch = model._to_batch(batch)
         edited = [] if edited is None else edited
         c = self.sinks
@@ -294,11 +337,19 @@ class VAR(Method):
                 per_layer[l, s, ps] = True
         lay = batch.layout
         media = {m: lay.mask(m).cpu() for m in ("audio", "video", "image") if bool(lay.mask(m).any())}
-        if not media:
-            raise NothingToSteer("the prompt has no audio, video or image tokens: VAR has no media attention to redistribute")
+        has_media = torch.zeros(b, dtype=torch.bool)
+        for v in media.values():
+            has_media |= v.any(1)
+        if not bool(has_media.all()):
+            bad = (~has_media).nonzero().flatten().tolist()
+            raise NothingToSteer(f"samples {bad} have no audio, video or image tokens: VAR has no media attention to "
+                                 "redistribute there (it would decode them plainly); decode them without VAR")
+        has_sinks = per_layer[: L - 1].any(2).any(0)  # [b]
+        if not bool(has_sinks.all()):
+            bad = (~has_sinks).nonzero().flatten().tolist()
+            raise NothingToSteer(f"samples {bad} have no sinks in layers 0..{L - 2} (SinkConfig {c}); VAR would change "
+                                 "nothing there")
         layers = [l for l in range(L - 1) if bool(per_layer[l].any())]
-        if not layers:
-            raise NothingToSteer(f"no sinks in layers 0..{L - 2} (SinkConfig {c}); VAR would change nothing")
         last_media = _last_media(batch)
         queries = _StepMemo(lambda n_q, start, k, dev: query_mask(batch, n_q, start, last_media=last_media.to(dev)))
 
@@ -313,8 +364,8 @@ class VAR(Method):
                 P = pattern.float()
                 out = _redistribute(P, queries(n_q, hook.start_pos, k, dev), memo(1, 0, min(k, n_prompt), dev),
                                     self.p, self.rho, self.min_media)
-                # rows changed, accumulated without a device sync (checked once, after decoding)
-                edited.append((out != P).any(-1).sum())
+                # rows changed per sample, kept without a device sync (checked once, after decoding)
+                edited.append((out != P).any(-1).sum((1, 2)))
                 return out.to(pattern.dtype)
             return hook
 
@@ -329,9 +380,16 @@ class VAR(Method):
 class _VARRun(MethodRun):
     def __init__(self, branches):
         super().__init__(branches)
-        self.edited: list[Tensor] = []
+        self.edited: list[Tensor] = []  # per hooked call: [b] rows changed in each sample
 
     def finish(self) -> None:
-        if not self.edited or int(sum(int(x) for x in self.edited)) == 0:
-            raise NothingToSteer("VAR edited no attention row: no query after the media gave >= min_media of its attention "
-                                 "to a modality whose sinks hold <= rho of it, so the output is plain decoding's")
+        b = self.branches[0].batch.batch_size
+        per_sample = torch.stack([x.cpu() for x in self.edited]).sum(0) if self.edited else torch.zeros(b, dtype=torch.long)
+        bad = (per_sample == 0).nonzero().flatten().tolist()
+        if bad:
+            raise NothingToSteer(f"VAR edited no attention row in samples {bad}: no query after the media gave >= min_media "
+                                 "of its attention to a modality whose sinks hold <= rho of it, so their output is plain "
+                                 "decoding's")
+
+
+_LOADED = True
