@@ -174,6 +174,24 @@ class FileMedia:
         return np.asarray(wave, dtype=np.float32), frames, fps
 
 
+def _resolve(root: str, name: str, what: str) -> str:
+    """`name` as given (absolute, or an existing path) or relative to `root`; an error if neither exists."""
+    path = name if os.path.isabs(name) or os.path.isfile(name) else os.path.join(root, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {name!r} not found (neither as given nor under {root!r})")
+    return path
+
+
+def _read_json_records(path: str) -> list:
+    """The records of a JSON list or JSON-lines file, with a clear error for anything else."""
+    from avlens.analysis.hallucination import read_records
+
+    try:
+        return read_records(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path!r} is not JSON (a list of records) or JSON lines: {e}") from e
+
+
 def read_avhbench_folder(root: str, questions: Optional[str] = None) -> tuple[str, list[dict]]:
     """(path, records) of an AVHBench-format questions file: `questions` (a path, absolute or
     relative to `root`), else the first of `QUESTION_FILES` in `root`. Every record needs
@@ -191,13 +209,8 @@ def read_avhbench_folder(root: str, questions: Optional[str] = None) -> tuple[st
                                     "Name yours with questions= (CLI: --questions)")
         path = found[0]
     else:
-        path = questions if os.path.isabs(questions) or os.path.isfile(questions) else os.path.join(root, questions)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"questions file {questions!r} not found (neither as given nor under {root!r})")
-    try:
-        recs = read_records(path)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path!r} is not JSON (a list of records) or JSON lines: {e}") from e
+        path = _resolve(root, questions, "questions file")
+    recs = _read_json_records(path)
     if not recs:
         raise ValueError(f"{path!r} holds no records")
     for i, r in enumerate(recs):
@@ -223,13 +236,8 @@ def read_caption_set(root: str, captions: Optional[str] = None) -> tuple[Optiona
             return None, []
         path = default
     else:
-        path = captions if os.path.isabs(captions) or os.path.isfile(captions) else os.path.join(root, captions)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"caption set {captions!r} not found (neither as given nor under {root!r})")
-    try:
-        caps = read_records(path)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path!r} is not JSON (a list of records) or JSON lines: {e}") from e
+        path = _resolve(root, captions, "caption set")
+    caps = _read_json_records(path)
     for i, r in enumerate(caps):
         missing = [k for k in ("video_id", "prompt", "objects") if k not in r]
         if missing:
