@@ -197,7 +197,7 @@ def read_avhbench_folder(root: str, questions: Optional[str] = None) -> tuple[st
     relative to `root`), else the first of `QUESTION_FILES` in `root`. Every record needs
     ``video_id, task, text, label`` and a task among `AVH_TASKS`; a bad file raises naming the
     record and the fix."""
-    from avlens.analysis.hallucination import AVH_TASKS, read_records
+    from avlens.analysis.hallucination import AVH_TASKS
 
     if not os.path.isdir(root):
         raise NotADirectoryError(f"benchmark folder {root!r} does not exist or is not a folder")
@@ -228,7 +228,6 @@ def read_caption_set(root: str, captions: Optional[str] = None) -> tuple[Optiona
     """(path, records) of a caption set in the paper's format (``{"video_id", "prompt", "objects"}``):
     `captions` (a path, absolute or relative to `root`), else ``root/captions.json`` when present,
     else ``(None, [])`` (captions are then not run)."""
-    from avlens.analysis.hallucination import read_records
 
     if captions is None:
         default = os.path.join(root, "captions.json")
